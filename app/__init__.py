@@ -1,0 +1,1 @@
+"""Chinese text-to-speech demo app: engines, batching service and Gradio UI."""

@@ -1,0 +1,58 @@
+"""Frozen settings, checked once at the edge; change them with dataclasses.replace."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENGINE_NAMES = ("embedded", "sambert", "modelscope")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Which model to load and where; fixed for the life of the process."""
+
+    name: str = "embedded"  # embedded (offline default) | sambert (native runtime) | modelscope (official pipeline)
+    model: str | None = None  # model folder or hub id, for sambert and modelscope
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINE_NAMES:
+            raise ValueError(f"engine={self.name!r} is not one of {', '.join(ENGINE_NAMES)}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device={self.device!r} must be auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Live settings: the worker applies a change between batches."""
+
+    fp16: bool = True  # run the acoustic model in FP16 on CUDA (FP32 elsewhere, with a note)
+    max_batch_size: int = 8  # most items run in one engine call
+    max_wait_ms: float = 15.0  # how long the first waiting item may wait for others to join its batch
+    clear_cache: bool = False  # torch.cuda.empty_cache() + gc.collect() after every batch
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch_size <= 64:
+            raise ValueError(f"max_batch_size={self.max_batch_size} must be between 1 and 64")
+        if not 0 <= self.max_wait_ms <= 1000:
+            raise ValueError(f"max_wait_ms={self.max_wait_ms} must be between 0 and 1000")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How requests are admitted and the app is served."""
+
+    queue_size: int = 256  # most sentences waiting at once; past it submit fails with "busy"
+    max_chars: int = 1000  # longest text one request may carry
+    request_timeout_s: float = 300.0  # a caller gives up after this long; its queued items are skipped
+    host: str = "127.0.0.1"  # address the web server binds
+    port: int = 7860  # port the web server binds
+    share: bool = False  # ask Gradio for a public share link
+    auth: tuple[str, str] | None = None  # (user, password) for the web page, if any
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size={self.queue_size} must be at least 1")
+        if not 1 <= self.max_chars <= 20000:
+            raise ValueError(f"max_chars={self.max_chars} must be between 1 and 20000")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port={self.port} is not a valid TCP port")

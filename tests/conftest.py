@@ -1,0 +1,40 @@
+"""Shared fixtures: the real embedded engine is loaded once per test session (CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires_cuda: needs an NVIDIA GPU; skipped without one")
+    config.addinivalue_line("markers", "browser: drives headless Chromium against a launched app")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device on this machine")
+    for item in items:
+        if "requires_cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The real embedded engine on CPU in FP32, loaded once."""
+    from app.engines.embedded import EmbeddedEngine
+
+    eng = EmbeddedEngine()
+    eng.load("cpu", fp16=False)
+    return eng
+
+
+@pytest.fixture(scope="session")
+def cuda_engine():
+    """The real embedded engine on CUDA (only requested by requires_cuda tests)."""
+    from app.engines.embedded import EmbeddedEngine
+
+    eng = EmbeddedEngine()
+    eng.load("cuda", fp16=True)
+    yield eng
+    eng.unload()
