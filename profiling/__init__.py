@@ -1,0 +1,1 @@
+"""Profiling: GPU/process monitor, per-request records, settings comparison and plots."""
