@@ -1,6 +1,8 @@
 """The embedded offline engine: ttskit's multi-speaker Tacotron2 + MelGAN weights in our own batched modules."""
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import threading
 import warnings
@@ -79,7 +81,9 @@ class EmbeddedEngine:
         vocoder.load_ttskit_state(weights.vocoder)
         self._acoustic = acoustic.eval().to(self._device)
         self._vocoder = vocoder.eval().to(self._device)  # MelGAN overflows in FP16 (activations ~6e3): kept FP32
-        _text_to_ids("预热")  # phkit loads its dictionaries on first call
+        with contextlib.redirect_stderr(io.StringIO()):  # phkit loads its dictionaries on first call, with progress bars
+            logging.getLogger("jieba").setLevel(logging.WARNING)
+            _text_to_ids("预热")
         self.set_precision(fp16)
 
     def set_precision(self, fp16: bool) -> str:

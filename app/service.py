@@ -1,0 +1,328 @@
+"""TTSService: one resident engine behind the dynamic batcher; validation, sentence splitting, live settings."""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import time
+import zlib
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from app import text as textproc
+from app.audio import join_sentences
+from app.batcher import Batcher, Request
+from app.engines.base import NEUTRAL, Engine, Utterance
+from app.errors import SynthesisError, TTSInputError
+from app.settings import BatchSettings, ServeSettings
+
+log = logging.getLogger(__name__)
+
+WARMUP_TEXT = "你好，欢迎使用语音合成。"  # short, covers tones and punctuation
+
+
+@dataclass
+class Timings:
+    """Where one request's time went (seconds)."""
+
+    total_s: float = 0.0  # submit to last sentence done
+    queue_wait_s: float = 0.0  # longest wait of any of its sentences before its batch started
+    compute_s: float = 0.0  # summed wall time of the distinct engine calls its sentences ran in
+    first_audio_s: float = 0.0  # submit to the first sentence's audio being ready
+    audio_s: float = 0.0  # seconds of audio returned
+    rtf: float = 0.0  # total_s / audio_s: below 1 is faster than real time
+    sentences: int = 0
+    batches: int = 0  # distinct engine calls
+    batch_sizes: list[int] = field(default_factory=list)  # size of the engine call each sentence ran in
+
+    def summary(self) -> str:
+        """One line for the UI."""
+        sizes = ",".join(map(str, self.batch_sizes))
+        return (
+            f"{self.audio_s:.1f} s of audio in {self.total_s:.2f} s (RTF {self.rtf:.2f}); first audio {self.first_audio_s:.2f} s; "
+            f"queue wait {self.queue_wait_s:.2f} s; {self.sentences} sentence(s) in {self.batches} batch(es) of size [{sizes}]"
+        )
+
+
+@dataclass
+class Result:
+    """A whole request's audio and how it was made."""
+
+    audio: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    timings: Timings
+    sentences: list[str]
+
+
+@dataclass
+class Piece:
+    """One streamed sentence."""
+
+    index: int
+    total: int
+    text: str
+    audio: np.ndarray
+    sample_rate: int
+    elapsed_s: float  # since submit
+
+
+def _torch_if_loaded():
+    import sys
+
+    return sys.modules.get("torch")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    torch = _torch_if_loaded()
+    return bool(torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError))
+
+
+def _free_cuda_cache() -> None:
+    gc.collect()
+    torch = _torch_if_loaded()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class TTSService:
+    """The one resident pipeline every request goes through."""
+
+    def __init__(self, engine: Engine, batch: BatchSettings = BatchSettings(), serve: ServeSettings = ServeSettings()) -> None:
+        self.engine = engine
+        self.serve = serve
+        self._settings = dataclasses.replace(batch, fp16=batch.fp16 and engine.fp16_supported)
+        self.note: str | None = None if batch.fp16 == self._settings.fp16 else f"FP16 needs CUDA; running FP32 on {engine.device}"
+        self.errors = 0
+        self._batcher = Batcher(
+            self._run_batch,
+            max_batch_size=self._effective_batch(self._settings.max_batch_size),
+            max_wait_ms=self._settings.max_wait_ms,
+            capacity=serve.queue_size,
+            is_oom=_is_oom,
+            free_memory=_free_cuda_cache,
+            after_batch=self._after_batch,
+        )
+        self.started_at = time.time()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self, warmup: bool = True) -> "TTSService":
+        """Start the worker; warm up every speaker and a few batch shapes so no user pays for it."""
+        self._batcher.start()
+        if warmup:
+            self.warmup()
+        return self
+
+    def close(self) -> None:
+        self._batcher.stop()
+
+    def __enter__(self) -> "TTSService":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def warmup(self) -> float:
+        """Synthesize a short sentence for each speaker in full batches, then batch shapes 1 and 2; return seconds."""
+        t0 = time.monotonic()
+        size = self._batcher.max_batch_size
+        speakers = list(self.engine.speakers)
+        for i in range(0, len(speakers), size):
+            chunk = [Utterance(WARMUP_TEXT, s, NEUTRAL, seed=0) for s in speakers[i : i + size]]
+            for req in self._batcher.submit_many(chunk):
+                req.future.result()
+        for n in (1, 2):
+            for req in self._batcher.submit_many([Utterance(WARMUP_TEXT, speakers[0], NEUTRAL, seed=0)] * n):
+                req.future.result()
+        return time.monotonic() - t0
+
+    # --- settings ----------------------------------------------------------------------------------
+    @property
+    def settings(self) -> BatchSettings:
+        """The live settings in force now (a change applies at the next batch boundary)."""
+        return self._settings
+
+    def _effective_batch(self, requested: int) -> int:
+        return max(1, min(requested, self.engine.max_batch_size))
+
+    def update_settings(self, **changes) -> Future:
+        """Validate changes now (ValueError names the bad value); apply them between batches.
+
+        Returns a future resolving to the settings in force once applied.
+        """
+        wanted = dataclasses.replace(self._settings, **changes)  # validates
+
+        def apply() -> BatchSettings:
+            fp16 = wanted.fp16
+            if fp16 != self._settings.fp16 or (fp16 and not self.engine.fp16_supported):
+                self.engine.set_precision(fp16)
+                fp16 = fp16 and self.engine.fp16_supported
+                self.note = None if fp16 == wanted.fp16 else f"FP16 needs CUDA; running FP32 on {self.engine.device}"
+            self._batcher.max_batch_size = self._effective_batch(wanted.max_batch_size)
+            self._batcher.max_wait_ms = wanted.max_wait_ms
+            self._settings = dataclasses.replace(wanted, fp16=fp16)
+            return self._settings
+
+        return self._batcher.between_batches(apply)
+
+    def apply_settings(self, timeout_s: float = 120.0, **changes) -> BatchSettings:
+        """update_settings and wait until the change is in force."""
+        return self.update_settings(**changes).result(timeout_s)
+
+    # --- requests ----------------------------------------------------------------------------------
+    def validate(self, text: str, speaker: str, emotion: str = NEUTRAL) -> list[str]:
+        """Check a request at the edge; return its normalised sentences or raise TTSInputError."""
+        if not isinstance(text, str) or not text.strip():
+            raise TTSInputError("text is empty: type some Chinese text to synthesize")
+        if len(text) > self.serve.max_chars:
+            raise TTSInputError(f"text has {len(text)} characters; the limit is {self.serve.max_chars}")
+        if speaker not in self.engine.speakers:
+            raise TTSInputError(f"unknown speaker {speaker!r}; choose one of: {', '.join(self.engine.speakers)}")
+        if emotion not in self.engine.emotions:
+            raise TTSInputError(f"unknown emotion {emotion!r} for engine {self.engine.name}; choose one of: {', '.join(self.engine.emotions)}")
+        sentences = [s for s in textproc.split_sentences(textproc.normalize(text)) if self.engine.speakable(s)]
+        if not sentences:
+            raise TTSInputError(f"nothing speakable in {text[:40]!r}: it has no Chinese characters, letters or digits")
+        return sentences
+
+    @staticmethod
+    def _seeds(sentences: Sequence[str], speaker: str, seed: int | None) -> list[int]:
+        """Per-sentence seeds: from the request's seed if given, else from the sentence and speaker (repeatable)."""
+        if seed is not None:
+            return [(int(seed) + i) & 0x7FFFFFFF for i in range(len(sentences))]
+        return [zlib.crc32(f"{speaker}|{s}".encode()) & 0x7FFFFFFF for s in sentences]
+
+    def _utterances(self, text: str, speaker: str, emotion: str, seed: int | None) -> list[Utterance]:
+        sentences = self.validate(text, speaker, emotion)
+        return [Utterance(s, speaker, emotion, k) for s, k in zip(sentences, self._seeds(sentences, speaker, seed))]
+
+    def submit(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None) -> Result:
+        """Synthesize a whole text (blocking): its sentences are queued together, so they batch."""
+        utts = self._utterances(text, speaker, emotion, seed)
+        timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
+        t0 = time.monotonic()
+        reqs = self._batcher.submit_many(utts, timeout_s=timeout_s)
+        pieces = self._collect(reqs, t0, timeout_s)
+        return Result(join_sentences(pieces, self.engine.sample_rate), self.engine.sample_rate, self._timings(reqs, t0), [u.text for u in utts])
+
+    def stream(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None) -> Iterator[Piece]:
+        """Yield each sentence's audio in order as soon as it is ready.
+
+        The first sentence is queued alone and the rest once it has started, so it runs in a small batch and its
+        audio arrives early; the rest still batch together (and with other callers' items).
+        """
+        utts = self._utterances(text, speaker, emotion, seed)
+        timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
+        t0 = time.monotonic()
+        reqs = self._batcher.submit_many(utts[:1], timeout_s=timeout_s)
+        try:
+            if len(utts) > 1:
+                reqs[0].started.wait(timeout_s)
+                reqs += self._batcher.submit_many(utts[1:], timeout_s=timeout_s)
+            for i, req in enumerate(reqs):
+                audio = self._collect([req], t0, timeout_s)[0]
+                yield Piece(i, len(utts), utts[i].text, audio, self.engine.sample_rate, time.monotonic() - t0)
+        finally:
+            for req in reqs:  # a consumer that stops early (closed browser) frees the queue
+                req.future.cancel()
+
+    def _collect(self, reqs: list[Request], t0: float, timeout_s: float) -> list[np.ndarray]:
+        out = []
+        try:
+            for req in reqs:
+                remaining = max(0.0, timeout_s - (time.monotonic() - t0))
+                out.append(req.future.result(remaining))
+        except FutureTimeout:
+            raise SynthesisError(f"timed out after {timeout_s:.0f} s waiting for synthesis") from None
+        except SynthesisError:
+            self.errors += 1
+            raise
+        finally:
+            for req in reqs:
+                req.future.cancel()  # no-op for finished ones; skips the rest if we gave up
+        return out
+
+    def _timings(self, reqs: list[Request], t0: float) -> Timings:
+        done = max(r.done_at for r in reqs)
+        audio_s = sum(len(r.future.result()) for r in reqs) / self.engine.sample_rate
+        batches = {r.batch_id: r.compute_s for r in reqs}
+        total = done - t0
+        return Timings(
+            total_s=total,
+            queue_wait_s=max(r.batched_at - r.enqueued_at for r in reqs),
+            compute_s=sum(batches.values()),
+            first_audio_s=reqs[0].done_at - t0,
+            audio_s=audio_s,
+            rtf=total / audio_s if audio_s else float("nan"),
+            sentences=len(reqs),
+            batches=len(batches),
+            batch_sizes=[r.batch_size for r in reqs],
+        )
+
+    # --- worker side -------------------------------------------------------------------------------
+    def _run_batch(self, batch: list[Utterance]) -> list[np.ndarray]:
+        return self.engine.synthesize(batch)
+
+    def _after_batch(self) -> None:
+        if self._settings.clear_cache:
+            _free_cuda_cache()
+
+    # --- introspection -----------------------------------------------------------------------------
+    def queue_depth(self) -> int:
+        return self._batcher.depth()
+
+    @property
+    def batch_log(self):
+        """Recent engine calls (BatchRecord: t, size, compute_s, queue_depth, ok), oldest first."""
+        return list(self._batcher.log)
+
+    def stats(self) -> dict[str, float]:
+        """Cheap counters for the monitor's probe."""
+        last = self._batcher.log[-1].size if self._batcher.log else 0
+        return {"queue_depth": self.queue_depth(), "batches_run": self._batcher.batches_run, "last_batch_size": last}
+
+    def health(self) -> dict:
+        """Readiness and counters as plain JSON-able data."""
+        b = self._batcher
+        return {
+            "status": "ok" if getattr(self.engine, "loaded", True) else "not loaded",
+            "engine": self.engine.name,
+            "model_loaded": bool(getattr(self.engine, "loaded", True)),
+            "device": self.engine.device,
+            "precision": self.engine.precision,
+            "sample_rate": self.engine.sample_rate,
+            "speakers": len(self.engine.speakers),
+            "emotions": list(self.engine.emotions),
+            "settings": dataclasses.asdict(self._settings),
+            "note": self.note,
+            "queue_depth": b.depth(),
+            "queue_capacity": b.capacity,
+            "batches_run": b.batches_run,
+            "items_run": b.items_run,
+            "items_failed": b.items_failed,
+            "items_dropped": b.items_dropped,
+            "request_errors": self.errors,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "memory": memory_figures(),
+        }
+
+
+def memory_figures() -> dict[str, float | None]:
+    """Process RSS and, when CUDA is in use, PyTorch allocator figures in MiB."""
+    out: dict[str, float | None] = {"rss_mib": None, "torch_allocated_mib": None, "torch_reserved_mib": None, "torch_peak_mib": None}
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            out["rss_mib"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    torch = _torch_if_loaded()
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["torch_allocated_mib"] = torch.cuda.memory_allocated() / 2**20
+        out["torch_reserved_mib"] = torch.cuda.memory_reserved() / 2**20
+        out["torch_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out

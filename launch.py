@@ -1,0 +1,145 @@
+"""Command line: run the app, or synthesize one text to a WAV file (--say) without loading the web stack."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+
+from app.errors import EngineUnavailableError, TTSInputError
+from app.settings import ENGINE_NAMES, BatchSettings, EngineSettings, ServeSettings
+
+log = logging.getLogger("launch")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Chinese text-to-speech demo with a GPU profiler (Gradio).")
+    one = p.add_argument_group("one-shot use (no web server)")
+    one.add_argument("--say", metavar="TEXT", help="synthesize TEXT and write --out, then exit")
+    one.add_argument("--out", default="out.wav", help="WAV file for --say (16-bit PCM at the engine's rate)")
+    one.add_argument("--list-speakers", action="store_true", help="print the engine's speakers and emotions, then exit")
+    one.add_argument("--speaker", help="speaker for --say (default: the engine's best voice)")
+    one.add_argument("--emotion", default="neutral", help="emotion for --say")
+    one.add_argument("--seed", type=int, help="random seed for --say (default: derived from the text)")
+    eng = p.add_argument_group("engine")
+    eng.add_argument("--engine", default="embedded", choices=ENGINE_NAMES, help="embedded (offline default), sambert or modelscope")
+    eng.add_argument("--model", help="model folder or ModelScope id (sambert, modelscope)")
+    eng.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    eng.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="FP16 on CUDA (FP32 elsewhere)")
+    b = p.add_argument_group("batching (also live in the app)")
+    b.add_argument("--max-batch-size", type=int, default=BatchSettings.max_batch_size)
+    b.add_argument("--max-wait-ms", type=float, default=BatchSettings.max_wait_ms)
+    b.add_argument("--clear-cache", action=argparse.BooleanOptionalAction, default=False, help="empty the CUDA cache after every batch")
+    s = p.add_argument_group("serving")
+    s.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to bind (0.0.0.0 for all)")
+    s.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    s.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
+    s.add_argument("--auth", metavar="USER:PASSWORD", help="protect the page with a login")
+    s.add_argument("--queue-size", type=int, default=ServeSettings.queue_size, help="most sentences waiting; beyond it: busy")
+    s.add_argument("--max-chars", type=int, default=ServeSettings.max_chars, help="longest text one request may carry")
+    s.add_argument("--no-warmup", action="store_true", help="skip the start-up warm-up (faster start, slower first request)")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> tuple[EngineSettings, BatchSettings, ServeSettings]:
+    """Check every option once, here; a bad value exits with a message naming it."""
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("--auth must look like USER:PASSWORD")
+        auth = (user, password)
+    engine = EngineSettings(name=args.engine, model=args.model, device=args.device)
+    batch = BatchSettings(fp16=args.fp16, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, clear_cache=args.clear_cache)
+    serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth)
+    return engine, batch, serve
+
+
+def load_engine(settings: EngineSettings, fp16: bool):
+    """Build and load the engine once; it stays resident for the life of the process."""
+    from app.engines import create_engine
+
+    engine = create_engine(settings)
+    t0 = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.load(settings.device, fp16=fp16)
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
+    log.info("%s engine loaded on %s (%s) in %.1f s", engine.name, engine.device, engine.precision, time.monotonic() - t0)
+    return engine
+
+
+def say(args: argparse.Namespace, engine_settings: EngineSettings, batch: BatchSettings, serve: ServeSettings) -> None:
+    """One-shot synthesis straight through the engine (no queue, no web stack): fast cold start."""
+    from app import text as textproc
+    from app.audio import join_sentences, write_wav
+    from app.engines.base import Utterance
+    from app.service import TTSService
+
+    engine = load_engine(engine_settings, batch.fp16)
+    speaker = args.speaker or engine.default_speaker
+    svc = TTSService(engine, batch, serve)  # not started: only its validation and seeding are used
+    sentences = svc.validate(args.say, speaker, args.emotion)
+    seeds = svc._seeds(sentences, speaker, args.seed)
+    utts = [Utterance(s, speaker, args.emotion, k) for s, k in zip(sentences, seeds)]
+    t0 = time.monotonic()
+    size = min(batch.max_batch_size, engine.max_batch_size)
+    pieces = [a for i in range(0, len(utts), size) for a in engine.synthesize(utts[i : i + size])]
+    audio = join_sentences(pieces, engine.sample_rate)
+    write_wav(args.out, audio, engine.sample_rate)
+    seconds = len(audio) / engine.sample_rate
+    print(f"wrote {args.out}: {seconds:.2f} s at {engine.sample_rate} Hz, {len(sentences)} sentence(s), "
+          f"synthesized in {time.monotonic() - t0:.2f} s ({engine.device}, {engine.precision})")
+    del textproc
+
+
+def list_speakers(engine_settings: EngineSettings) -> None:
+    from app.engines import create_engine
+
+    engine = create_engine(engine_settings)
+    experimental = getattr(engine, "experimental_speakers", frozenset())
+    if not engine.speakers:  # engines that read their voices from a model folder need loading first
+        engine.load(engine_settings.device, fp16=False)
+    for name in engine.speakers:
+        print(name + ("  (experimental)" if name in experimental else "") + ("  [default]" if name == engine.default_speaker else ""))
+    print("emotions: " + ", ".join(engine.emotions))
+
+
+def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: ServeSettings, warmup: bool) -> None:
+    from app.service import TTSService
+    from app.ui import build_ui, launch_ui
+    from profiling.monitor import Monitor
+
+    engine = load_engine(engine_settings, batch.fp16)
+    service = TTSService(engine, batch, serve).start(warmup=False)
+    if warmup:
+        log.info("warming up every speaker and a few batch shapes ...")
+        log.info("warm-up done in %.1f s", service.warmup())
+    monitor = Monitor(extra=service.stats)
+    monitor.start()
+    demo = build_ui(service, monitor)
+    launch_ui(demo, serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        engine_settings, batch, serve = settings_from(args)
+        if args.list_speakers:
+            list_speakers(engine_settings)
+        elif args.say is not None:
+            say(args, engine_settings, batch, serve)
+        else:
+            serve_app(engine_settings, batch, serve, warmup=not args.no_warmup)
+    except (EngineUnavailableError, TTSInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
