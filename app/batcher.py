@@ -226,32 +226,36 @@ class Batcher:
         batch_id = self._next_batch_id
         self._next_batch_id += 1
         t0 = time.monotonic()
+        error: BaseException | None = None
         try:
             outputs = self._run_batch([r.payload for r in batch])
             if len(outputs) != len(batch):
                 raise SynthesisError(f"engine returned {len(outputs)} outputs for {len(batch)} inputs")
         except BaseException as exc:
-            compute_s = time.monotonic() - t0
-            oom = self._is_oom(exc)
-            self._record(len(batch), compute_s, ok=False)
-            if oom:
-                self._free_memory()
-            if len(batch) > 1:
-                log.warning("batch of %d failed (%s); retrying in halves", len(batch), type(exc).__name__)
-                half = len(batch) // 2
-                self._run(batch[:half])
-                self._run(batch[half:])
-                return
-            err = exc if isinstance(exc, SynthesisError) else SynthesisError(
-                ("out of GPU memory even for this sentence alone: " if oom else "synthesis failed: ") + f"{type(exc).__name__}: {exc}"
-            )
-            self.items_failed += 1
-            self._finish(batch[0], batch_id, 1, compute_s, exc=err)
-            return
+            # Drop the traceback now: its frames hold the failed batch's tensors, which must be freed before
+            # the retry (on a GPU out of memory, keeping them made every half fail too).
+            error = exc.with_traceback(None)
         compute_s = time.monotonic() - t0
-        self._record(len(batch), compute_s, ok=True)
-        for req, out in zip(batch, outputs):
-            self._finish(req, batch_id, len(batch), compute_s, result=out)
+        if error is None:
+            self._record(len(batch), compute_s, ok=True)
+            for req, out in zip(batch, outputs):
+                self._finish(req, batch_id, len(batch), compute_s, result=out)
+            return
+        oom = self._is_oom(error)
+        self._record(len(batch), compute_s, ok=False)
+        if oom:
+            self._free_memory()
+        if len(batch) > 1:
+            log.warning("batch of %d failed (%s); retrying in halves", len(batch), type(error).__name__)
+            half = len(batch) // 2
+            self._run(batch[:half])
+            self._run(batch[half:])
+            return
+        if not isinstance(error, SynthesisError):
+            prefix = "out of GPU memory even for this sentence alone: " if oom else "synthesis failed: "
+            error = SynthesisError(f"{prefix}{type(error).__name__}: {error}")
+        self.items_failed += 1
+        self._finish(batch[0], batch_id, 1, compute_s, exc=error)
 
     def _record(self, size: int, compute_s: float, ok: bool) -> None:
         self.batches_run += 1

@@ -172,3 +172,32 @@ def test_stop_fails_queued_items_instead_of_leaving_callers_waiting():
     b.stop()
     with pytest.raises(SynthesisError, match="shutting down"):
         waiting.future.result(5)
+
+
+def test_failed_batch_memory_is_released_before_the_retry():
+    """The failed attempt's tensors (held by its traceback frames) must be gone when the halves run."""
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    refs: list[weakref.ref] = []
+    alive_at_retry: list[bool] = []
+
+    def run(ps):
+        alive_at_retry.append(any(r() is not None for r in refs))
+        big = Big()  # stands in for the failed batch's activations
+        refs.append(weakref.ref(big))
+        if len(ps) > 1:
+            raise MemoryError("too big")
+        return ps
+
+    freed: list[bool] = []
+    b = Batcher(run, max_batch_size=4, max_wait_ms=50, capacity=10, is_oom=lambda e: isinstance(e, MemoryError),
+                free_memory=lambda: freed.append(gc.collect() >= 0))
+    b.start()
+    reqs = b.submit_many(["a", "b"])
+    assert [r.future.result(5) for r in reqs] == ["a", "b"]
+    b.stop()
+    assert alive_at_retry == [False, False, False] and freed

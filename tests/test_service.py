@@ -100,7 +100,7 @@ def test_out_of_memory_splits_the_batch_and_fails_only_what_cannot_fit():
 
 
 def test_full_queue_is_an_immediate_clear_error():
-    eng = FakeEngine(delay_s=0.3)
+    eng = FakeEngine(delay_s=1.0)  # long enough that all three are queued before the first batch ends
     svc = TTSService(eng, BatchSettings(max_batch_size=1, max_wait_ms=0), ServeSettings(queue_size=2)).start(warmup=False)
     pool = ThreadPoolExecutor(3)
     running = [pool.submit(svc.submit, t, "alice") for t in ("一", "二", "三")]
