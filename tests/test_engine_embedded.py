@@ -139,3 +139,13 @@ def test_cuda_fp16_batched_close_to_fp32(cuda_engine):
     for a, b in zip(fp16, fp32):
         assert np.isfinite(a).all()
         assert abs(len(a) - len(b)) / len(b) < 0.25
+
+
+def test_chunked_batched_vocoder_matches_whole_signal(engine, alone):
+    mels = alone[:4]  # 52 to 744 frames: single-window and multi-window items
+    for rows in (1, 8):
+        many = engine._vocoder.vocode_many(mels, max_rows=rows)
+        for mel, audio in zip(mels, many):
+            whole = engine._vocoder.vocode(mel)
+            assert audio.shape == whole.shape
+            assert (audio - whole).abs().max() < 1e-4
