@@ -1,0 +1,113 @@
+"""UI event handlers: plain functions over the service and the monitor, returning data and figures."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from typing import Iterator
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from app.audio import SENTENCE_PAUSE_S, float_to_int16, silence
+from app.errors import QueueFullError, SynthesisError, TTSInputError
+from app.service import TTSService
+from profiling import plots
+from profiling.compare import make_grid, run_grid
+from profiling.loadgen import load_workload
+from profiling.monitor import Monitor
+
+PANEL_WINDOW_S = 120.0  # the live plots show the last two minutes
+STREAMING = shutil.which("ffmpeg") is not None  # Gradio encodes streamed audio with ffmpeg
+
+
+def speaker_choices(engine) -> list[tuple[str, str]]:
+    """(label, value) pairs: best voices first, poor ones labelled experimental."""
+    experimental = getattr(engine, "experimental_speakers", frozenset())
+    return [(f"{s} (experimental)" if s in experimental else s, s) for s in engine.speakers]
+
+
+class Handlers:
+    """Everything the page does, as functions the UI wires to components."""
+
+    def __init__(self, service: TTSService, monitor: Monitor, workload: list[str] | None = None) -> None:
+        self.service = service
+        self.monitor = monitor
+        self.workload = workload or load_workload()
+
+    # --- speech ------------------------------------------------------------------------------------
+    def speak(self, text: str, speaker: str, emotion: str) -> Iterator[tuple[tuple[int, np.ndarray] | None, str]]:
+        """Stream sentence by sentence (ffmpeg present) or answer once; yields (audio, timing line)."""
+        try:
+            if not STREAMING:
+                result = self.service.submit(text, speaker, emotion)
+                yield (result.sample_rate, float_to_int16(result.audio)), result.timings.summary()
+                return
+            audio_s, rate = 0.0, None
+            for piece in self.service.stream(text, speaker, emotion):
+                rate = piece.sample_rate
+                chunk = piece.audio if piece.index == 0 else np.concatenate([silence(SENTENCE_PAUSE_S, rate), piece.audio])
+                audio_s += len(chunk) / rate
+                first = f"first audio after {piece.elapsed_s:.2f} s; " if piece.index == 0 else ""
+                line = f"sentence {piece.index + 1}/{piece.total} ready at {piece.elapsed_s:.2f} s; {first}{audio_s:.1f} s of audio so far"
+                yield (rate, float_to_int16(chunk)), line
+        except (TTSInputError, QueueFullError, SynthesisError) as exc:
+            raise gr.Error(str(exc)) from None
+
+    def synthesize(self, text: str, speaker: str, emotion: str) -> tuple[int, np.ndarray]:
+        """The /synthesize API: whole text -> one WAV."""
+        try:
+            result = self.service.submit(text, speaker, emotion)
+        except (TTSInputError, QueueFullError, SynthesisError) as exc:
+            raise gr.Error(str(exc)) from None
+        return result.sample_rate, float_to_int16(result.audio)
+
+    # --- side panel --------------------------------------------------------------------------------
+    def batches_frame(self) -> pd.DataFrame:
+        log = self.service.batch_log
+        return pd.DataFrame({"t": [b.t for b in log], "size": [b.size for b in log], "ok": [b.ok for b in log]})
+
+    def panel(self):
+        """The live figures and a one-line status (called by the timer, never queued)."""
+        samples = self.monitor.frame(since=time.time() - PANEL_WINDOW_S)
+        batches = self.batches_frame()
+        if len(batches):
+            batches = batches[batches["t"] >= time.time() - PANEL_WINDOW_S]
+        return (plots.memory_figure(samples), plots.utilization_figure(samples), plots.batches_figure(batches, samples), self.status())
+
+    def status(self) -> str:
+        h = self.service.health()
+        s = h["settings"]
+        line = (
+            f"**In force:** {h['engine']} on `{h['device']}`, {h['precision']}; max batch {s['max_batch_size']}, "
+            f"max wait {s['max_wait_ms']:.0f} ms, cache clearing {'on' if s['clear_cache'] else 'off'} · "
+            f"queue {h['queue_depth']}/{h['queue_capacity']} · {h['batches_run']} batches, {h['items_failed']} failed"
+        )
+        notes = [n for n in (h["note"], self.monitor.note) if n]
+        return line + "".join(f"  \n_{n}_" for n in notes)
+
+    def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool) -> str:
+        """Queue a settings change; it takes effect between batches. Returns the status line once in force."""
+        try:
+            self.service.apply_settings(fp16=bool(fp16), max_batch_size=int(max_batch_size), max_wait_ms=float(max_wait_ms), clear_cache=bool(clear_cache))
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        return self.status()
+
+    def compare(self, fp16: list[str], batch: list[str], clear: list[str], concurrency: float, repeats: float, n_texts: float, progress=gr.Progress()):
+        """Run the grid on the resident service; return the table, three charts and a CSV file."""
+        if not (fp16 and batch and clear):
+            raise gr.Error("pick at least one value in each of FP16, batch size and cache clearing")
+        points = make_grid([v == "on" for v in fp16], sorted(int(b) for b in batch), [v == "on" for v in clear])
+        texts = self.workload[: int(n_texts)]
+
+        def report(i: int, n: int, label: str) -> None:
+            progress((i, n), desc=f"setting {min(i + 1, n)}/{n}: {label}")
+
+        df = run_grid(self.service, self.monitor, points, texts, int(concurrency), int(repeats), report)
+        path = tempfile.NamedTemporaryFile(prefix="tts-compare-", suffix=".csv", delete=False).name
+        df.to_csv(path, index=False)
+        figs = plots.comparison_figures(df)
+        shown = df.round(3)
+        return shown, figs["latency"], figs["throughput"], figs["memory"], path

@@ -1,0 +1,124 @@
+"""gr.Blocks wiring: main column (text, speaker, emotion, audio) and the profiler side panel."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import gradio as gr
+
+from app.handlers import STREAMING, Handlers, speaker_choices
+from app.service import TTSService
+from app.settings import ServeSettings
+from profiling.monitor import Monitor
+
+log = logging.getLogger(__name__)
+
+PANEL_REFRESH_S = 1.0
+EXAMPLES = [
+    "欢迎使用中文语音合成演示。",
+    "今天是2024年3月5日，北京的气温是12℃，空气质量良好。",
+    "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。",
+]
+COUNTER_JS = "(t) => `${[...(t || '')].length} / MAX characters`"
+
+
+def build_ui(service: TTSService, monitor: Monitor) -> gr.Blocks:
+    """Build the page; handlers live in app.handlers."""
+    h = Handlers(service, monitor)
+    engine, max_chars = service.engine, service.serve.max_chars
+    settings = service.settings
+    single_emotion = len(engine.emotions) == 1
+    with gr.Blocks(title="Chinese TTS with a GPU profiler") as demo:
+        gr.Markdown(f"## 中文语音合成 · Chinese text-to-speech with a live GPU profiler\nEngine **{engine.name}** · {engine.sample_rate} Hz · "
+                    f"one resident model, dynamic batching across all users.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=360):
+                text = gr.Textbox(label="Text", lines=6, max_length=max_chars, placeholder="输入中文文本……", elem_id="tts-text")
+                counter = gr.Markdown(f"0 / {max_chars} characters", elem_id="char-counter")
+                with gr.Row():
+                    speaker = gr.Dropdown(speaker_choices(engine), value=engine.default_speaker, label="Speaker", elem_id="speaker")
+                    emotion = gr.Dropdown(
+                        list(engine.emotions), value=engine.emotions[0], label="Emotion", interactive=not single_emotion,
+                        info="this engine has a single emotion: neutral" if single_emotion else None, elem_id="emotion",
+                    )
+                speak = gr.Button("Synthesize", variant="primary", elem_id="synthesize")
+                audio = gr.Audio(label="Speech", streaming=STREAMING, autoplay=True, interactive=False, elem_id="speech")
+                timing = gr.Markdown(elem_id="timing")
+                if not STREAMING:
+                    gr.Markdown("_ffmpeg not found: audio plays once the whole text is done (install ffmpeg to stream sentence by sentence)._")
+                gr.Examples(EXAMPLES, inputs=text)
+                with gr.Row(visible=False):  # the /synthesize API endpoint: whole text -> one WAV
+                    api_audio = gr.Audio(type="numpy", format="wav")
+                    api_button = gr.Button()
+            with gr.Column(scale=2, min_width=340, elem_id="side-panel"):
+                status = gr.Markdown(h.status(), elem_id="status")
+                with gr.Tabs():
+                    with gr.Tab("Live"):
+                        memory_plot = gr.Plot(label="Memory", elem_id="memory-plot")
+                        util_plot = gr.Plot(label="Utilization")
+                        batch_plot = gr.Plot(label="Batches")
+                        with gr.Group():
+                            fp16 = gr.Checkbox(value=settings.fp16, label="FP16 (CUDA only)", interactive=engine.fp16_supported)
+                            batch = gr.Slider(1, min(64, engine.max_batch_size), value=settings.max_batch_size, step=1, label="Max batch size")
+                            wait = gr.Slider(0, 200, value=settings.max_wait_ms, step=1, label="Max wait (ms)")
+                            clear = gr.Checkbox(value=settings.clear_cache, label="Clear CUDA cache after each batch")
+                    with gr.Tab("Compare"):
+                        gr.Markdown("Runs the shipped workload under each setting on this resident service (other traffic skews it).")
+                        grid_fp16 = gr.CheckboxGroup(["on", "off"], value=["on", "off"] if engine.fp16_supported else ["off"], label="FP16")
+                        grid_batch = gr.CheckboxGroup(["1", "2", "4", "8", "16", "32"], value=["1", "4", "8"], label="Max batch size")
+                        grid_clear = gr.CheckboxGroup(["off", "on"], value=["off"], label="Cache clearing")
+                        with gr.Row():
+                            concurrency = gr.Slider(1, 32, value=8, step=1, label="Concurrency")
+                            repeats = gr.Slider(1, 5, value=1, step=1, label="Repeats")
+                            n_texts = gr.Slider(1, len(h.workload), value=len(h.workload), step=1, label="Texts")
+                        run = gr.Button("Run comparison", elem_id="run-compare")
+                        table = gr.Dataframe(label="Results", interactive=False)
+                        lat_plot, thr_plot, mem_plot = gr.Plot(), gr.Plot(), gr.Plot()
+                        csv = gr.File(label="CSV")
+        text.change(None, text, counter, js=COUNTER_JS.replace("MAX", str(max_chars)), queue=False)
+        speak.click(h.speak, [text, speaker, emotion], [audio, timing], api_name="synthesize_stream", concurrency_limit=service.serve.queue_size)
+        api_button.click(h.synthesize, [text, speaker, emotion], api_audio, api_name="synthesize", concurrency_limit=service.serve.queue_size)
+        controls = [fp16, batch, wait, clear]
+        for control in (fp16, clear):
+            control.input(h.apply_settings, controls, status, concurrency_id="settings", concurrency_limit=1, api_visibility="private")
+        for control in (batch, wait):
+            control.release(h.apply_settings, controls, status, concurrency_id="settings", concurrency_limit=1, api_visibility="private")
+        run.click(h.compare, [grid_fp16, grid_batch, grid_clear, concurrency, repeats, n_texts], [table, lat_plot, thr_plot, mem_plot, csv],
+                  concurrency_limit=1, api_visibility="private")
+        timer = gr.Timer(PANEL_REFRESH_S)
+        timer.tick(h.panel, None, [memory_plot, util_plot, batch_plot, status], queue=False, show_progress="hidden", api_visibility="private")
+        demo.load(h.panel, None, [memory_plot, util_plot, batch_plot, status], queue=False, show_progress="hidden", api_visibility="private")
+    demo.queue(max_size=service.serve.queue_size, default_concurrency_limit=8)
+    demo.tts_service = service  # for /health
+    return demo
+
+
+def _add_health_route(demo: gr.Blocks, service: TTSService) -> None:
+    from fastapi.responses import JSONResponse
+
+    app = demo.app
+    app.add_api_route("/health", lambda: JSONResponse(service.health()), methods=["GET"], include_in_schema=False)
+    routes = app.router.routes
+    routes.insert(0, routes.pop())  # before Gradio's catch-all routes
+
+
+def launch_ui(demo: gr.Blocks, serve: ServeSettings, block: bool = True) -> str:
+    """Start the server (and a share link if asked); return the local URL. Share failures keep serving locally."""
+    if serve.share and serve.auth is None:
+        print("WARNING: --share without --auth makes this app, and your GPU, usable by anyone with the link. "
+              "Add --auth USER:PASSWORD.", file=sys.stderr)
+    _, local_url, share_url = demo.launch(
+        server_name=serve.host, server_port=serve.port, share=serve.share, auth=serve.auth, prevent_thread_lock=True,
+        max_threads=max(40, serve.queue_size + 8), show_error=True, quiet=True,
+    )
+    _add_health_route(demo, demo.tts_service)
+    print(f"Running on {local_url}  (health: {local_url.rstrip('/')}/health)")
+    if serve.share:
+        if share_url:
+            print(f"Public share link: {share_url}")
+        else:
+            print("No share link: Gradio could not reach its share server (no internet here?). The app keeps serving locally.",
+                  file=sys.stderr)
+    if block:
+        demo.block_thread()
+    return local_url

@@ -1,0 +1,128 @@
+"""The launched app on loopback: gradio_client API, /health, concurrency, the page in headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from app.service import TTSService
+from app.settings import BatchSettings, ServeSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(engine):
+    from app.ui import build_ui, launch_ui
+    from profiling.monitor import Monitor
+
+    service = TTSService(engine, BatchSettings(max_batch_size=8, max_wait_ms=30), ServeSettings(max_chars=300)).start(warmup=False)
+    monitor = Monitor(interval_s=0.25, extra=service.stats).start()
+    demo = build_ui(service, monitor)
+    url = launch_ui(demo, ServeSettings(port=free_port(), max_chars=300), block=False)
+    yield url
+    demo.close()
+    monitor.close()
+    service.close()
+
+
+def test_health_is_json(app_url):
+    with urllib.request.urlopen(app_url.rstrip("/") + "/health", timeout=10) as r:
+        assert r.headers["content-type"].startswith("application/json")
+        body = json.loads(r.read())
+    assert body["status"] == "ok" and body["engine"] == "embedded" and body["model_loaded"]
+
+
+def wav_seconds(path: str) -> float:
+    with wave.open(path, "rb") as w:
+        assert w.getframerate() == 22050 and w.getsampwidth() == 2
+        return w.getnframes() / w.getframerate()
+
+
+def test_client_synthesize_endpoint_returns_audio(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    path = client.predict("你好，欢迎使用。", "Aijia", "neutral", api_name="/synthesize")
+    assert 0.8 < wav_seconds(path) < 4
+
+
+def test_client_gets_clear_errors(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    with pytest.raises(Exception, match="nobody"):  # Gradio's dropdown check names the bad value
+        client.predict("你好", "nobody", "neutral", api_name="/synthesize")
+    with pytest.raises(Exception, match="the limit is 300"):
+        client.predict("字" * 301, "Aijia", "neutral", api_name="/synthesize")
+
+
+def test_concurrent_client_calls_all_succeed(app_url):
+    from gradio_client import Client
+
+    texts = ["春天来了。", "花儿开了。", "小鸟在唱歌。", "我们去上学。", "今天下雨了。", "请关好窗户。"]
+
+    def call(text: str) -> float:
+        return wav_seconds(Client(app_url, verbose=False).predict(text, "biaobei", "neutral", api_name="/synthesize"))
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        seconds = list(pool.map(call, texts))
+    assert all(0.5 < s < 4 for s in seconds)
+
+
+@pytest.mark.browser
+def test_page_in_headless_chromium(app_url):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing but REQUIRE_BROWSER is set")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(app_url, wait_until="domcontentloaded")
+        plot = page.locator("#memory-plot .js-plotly-plot").first
+        expect(plot).to_be_visible(timeout=30_000)
+        page.locator("#tts-text textarea").fill("今天天气很好。我们一起去公园散步吧。")
+        expect(page.locator("#char-counter")).to_contain_text("18 / 300", timeout=10_000)
+        first_plot = plot.inner_html()
+        page.locator("#synthesize").click()
+        audio = page.locator("#speech audio")
+        expect(audio).to_have_attribute("src", re.compile(r"^(blob:|http).+"), timeout=60_000)
+        expect(page.locator("#timing")).to_contain_text("sentence 2/2", timeout=60_000)
+        page.wait_for_timeout(2500)  # at least two panel ticks
+        assert plot.inner_html() != first_plot, "the live panel did not update"
+        page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+        browser.close()
+
+
+def test_modelscope_engine_without_extras_exits_with_a_clear_message():
+    if shutil.which(sys.executable) is None:
+        pytest.skip("no interpreter path")
+    proc = subprocess.run([sys.executable, "launch.py", "--engine", "modelscope", "--say", "你好"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "error:" in proc.stderr
