@@ -1,0 +1,182 @@
+"""Run one workload under a grid of settings on the resident service -> one row per setting -> CSV/JSON.
+
+CLI: python -m profiling.compare --fp16 on,off --batch 1,4,8 --clear-cache on,off --concurrency 8 --out results.csv
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from profiling.loadgen import WORKLOAD_FILE, load_workload, run_load, service_caller, summarize
+
+COLUMNS = [
+    "setting", "status", "fp16", "max_batch_size", "clear_cache", "requests", "errors", "p50_latency_s", "p95_latency_s",
+    "throughput_audio_s_per_s", "rtf", "mean_batch_size", "peak_torch_allocated_mib", "peak_torch_reserved_mib",
+    "peak_vram_used_mib", "mean_gpu_util_pct", "peak_rss_mib", "wall_s", "engine", "device", "precision",
+]
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One combination of the live settings under comparison."""
+
+    fp16: bool
+    max_batch_size: int
+    clear_cache: bool
+
+    @property
+    def label(self) -> str:
+        on = lambda b: "on" if b else "off"  # noqa: E731
+        return f"fp16={on(self.fp16)} batch={self.max_batch_size} clear={on(self.clear_cache)}"
+
+
+def make_grid(fp16: Sequence[bool], batch: Sequence[int], clear_cache: Sequence[bool]) -> list[GridPoint]:
+    """Cartesian product, in the order given."""
+    return [GridPoint(f, b, c) for f, b, c in itertools.product(fp16, batch, clear_cache)]
+
+
+def _torch_cuda(service):
+    if not service.engine.device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch
+
+
+def run_setting(service, monitor, point: GridPoint, texts: Sequence[str], concurrency: int, repeats: int, warmup: bool = True) -> dict:
+    """Apply one setting, warm up, run the workload, and measure it."""
+    row = {c: float("nan") for c in COLUMNS}
+    row.update(setting=point.label, fp16=point.fp16, max_batch_size=point.max_batch_size, clear_cache=point.clear_cache,
+               engine=service.engine.name, device=service.engine.device)
+    if point.fp16 and not service.engine.fp16_supported:
+        row.update(status=f"skipped: FP16 needs CUDA (device {service.engine.device})", precision="n/a")
+        return row
+    in_force = service.apply_settings(fp16=point.fp16, max_batch_size=point.max_batch_size, clear_cache=point.clear_cache)
+    row["precision"] = service.engine.precision
+    call = service_caller(service)
+    if warmup:
+        run_load(call, texts[: max(1, concurrency)], concurrency)
+    torch = _torch_cuda(service)
+    if torch is not None:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    if monitor is not None:
+        monitor.sample_once()
+    t0_wall, n_batches = time.time(), len(service.batch_log)
+    records, wall_s = run_load(call, texts, concurrency, repeats)
+    t1_wall = time.time()
+    row.update(summarize(records, wall_s))
+    formed = [b.size for b in service.batch_log[n_batches:] if b.ok]
+    row["mean_batch_size"] = statistics.fmean(formed) if formed else float("nan")
+    if monitor is not None:
+        monitor.sample_once()
+        summary = monitor.summary(t0_wall, t1_wall)
+        for key in ("peak_vram_used_mib", "mean_gpu_util_pct", "peak_rss_mib", "peak_torch_allocated_mib", "peak_torch_reserved_mib"):
+            row[key] = summary.get(key, float("nan"))
+    if torch is not None:  # exact allocator peaks beat 4 Hz sampling
+        row["peak_torch_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        row["peak_torch_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+    note = "" if torch is not None or not point.clear_cache else " (no CUDA: cache clearing is only gc.collect)"
+    row["status"] = ("ok" if not row["errors"] else f"{int(row['errors'])} error(s)") + note
+    assert in_force.max_batch_size == point.max_batch_size or service.engine.max_batch_size < point.max_batch_size
+    return row
+
+
+def run_grid(
+    service, monitor, points: Sequence[GridPoint], texts: Sequence[str], concurrency: int = 8, repeats: int = 1,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> pd.DataFrame:
+    """Every grid point on the same workload; the service's own settings are restored afterwards."""
+    before = service.settings
+    rows = []
+    try:
+        for i, point in enumerate(points):
+            if progress is not None:
+                progress(i, len(points), point.label)
+            rows.append(run_setting(service, monitor, point, texts, concurrency, repeats))
+    finally:
+        service.apply_settings(fp16=before.fp16, max_batch_size=before.max_batch_size, clear_cache=before.clear_cache)
+    if progress is not None:
+        progress(len(points), len(points), "done")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _on_off(value: str) -> list[bool]:
+    out = []
+    for item in value.split(","):
+        item = item.strip().lower()
+        if item not in ("on", "off"):
+            raise argparse.ArgumentTypeError(f"{item!r} is not on or off")
+        out.append(item == "on")
+    return out
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fp16", type=_on_off, default=[True, False], help="on,off")
+    p.add_argument("--batch", type=_ints, default=[1, 4, 8], help="max batch sizes, e.g. 1,4,8")
+    p.add_argument("--clear-cache", type=_on_off, default=[False], help="on,off")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--texts", default=str(WORKLOAD_FILE), help="one sentence per line")
+    p.add_argument("--engine", default="embedded")
+    p.add_argument("--model")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-wait-ms", type=float, default=15.0)
+    p.add_argument("--out", default="results.csv", help="CSV path (a .json beside it too with --json)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--symbols", help="embedded engine only: precomputed symbol ids (JSON) instead of phkit")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from app.engines import create_engine
+    from app.service import TTSService
+    from app.settings import BatchSettings, EngineSettings, ServeSettings
+    from profiling.monitor import Monitor
+
+    if args.symbols:
+        from app.engines.embedded import EmbeddedEngine
+        from profiling.bench_engine import precomputed_frontend
+
+        engine = EmbeddedEngine(frontend=precomputed_frontend(args.symbols))
+    else:
+        engine = create_engine(EngineSettings(name=args.engine, model=args.model, device=args.device))
+    engine.load(args.device, fp16=any(args.fp16))
+    service = TTSService(engine, BatchSettings(fp16=False, max_batch_size=max(args.batch), max_wait_ms=args.max_wait_ms), ServeSettings(queue_size=4096))
+    service.start(warmup=True)
+    monitor = Monitor(extra=service.stats).start()
+    texts = load_workload(args.texts)
+    report = lambda i, n, label: print(f"[{i}/{n}] {label}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        df = run_grid(service, monitor, make_grid(args.fp16, args.batch, args.clear_cache), texts, args.concurrency, args.repeats, report)
+    finally:
+        monitor.close()
+        service.close()
+    df.to_csv(args.out, index=False)
+    if args.json:
+        df.to_json(args.out.rsplit(".", 1)[0] + ".json", orient="records", indent=1)
+    shown = ["setting", "status", "p50_latency_s", "p95_latency_s", "throughput_audio_s_per_s", "rtf", "mean_batch_size",
+             "peak_torch_allocated_mib", "peak_torch_reserved_mib", "peak_vram_used_mib", "mean_gpu_util_pct", "peak_rss_mib"]
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print(df[shown].to_string(index=False))
+    print(f"\n{engine.name} on {engine.device} ({monitor.device_name}); {len(texts)} texts x {args.repeats}, concurrency {args.concurrency}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
