@@ -124,11 +124,22 @@ def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: Serv
     launch_ui(demo, serve)
 
 
+def install_weights_on_spaces() -> None:
+    """Hugging Face Spaces install requirements.txt only; ttskit (the weights' carrier) needs --no-deps."""
+    import importlib.util
+    import subprocess
+
+    if os.environ.get("SPACE_ID") and importlib.util.find_spec("ttskit") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "ttskit==0.3.8"], check=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
         engine_settings, batch, serve = settings_from(args)
+        if engine_settings.name == "embedded":
+            install_weights_on_spaces()
         if args.list_speakers:
             list_speakers(engine_settings)
         elif args.say is not None:

@@ -28,6 +28,12 @@ def speaker_choices(engine) -> list[tuple[str, str]]:
     return [(f"{s} (experimental)" if s in experimental else s, s) for s in engine.speakers]
 
 
+def emotion_choices(engine, speaker: str) -> list[str]:
+    """The emotions this speaker really has (engines whose voices differ expose emotions_for)."""
+    per_speaker = getattr(engine, "emotions_for", None)
+    return list(per_speaker(speaker) if per_speaker is not None else engine.emotions) or list(engine.emotions)
+
+
 class Handlers:
     """Everything the page does, as functions the UI wires to components."""
 
@@ -63,6 +69,11 @@ class Handlers:
             raise gr.Error(str(exc)) from None
         return result.sample_rate, float_to_int16(result.audio)
 
+    def emotions(self, speaker: str, current: str):
+        """Emotion dropdown for the chosen speaker, keeping the current emotion when that speaker has it."""
+        choices = emotion_choices(self.service.engine, speaker)
+        return gr.Dropdown(choices=choices, value=current if current in choices else choices[0], interactive=len(choices) > 1)
+
     # --- side panel --------------------------------------------------------------------------------
     def batches_frame(self) -> pd.DataFrame:
         log = self.service.batch_log
@@ -84,7 +95,7 @@ class Handlers:
             f"max wait {s['max_wait_ms']:.0f} ms, cache clearing {'on' if s['clear_cache'] else 'off'} · "
             f"queue {h['queue_depth']}/{h['queue_capacity']} · {h['batches_run']} batches, {h['items_failed']} failed"
         )
-        notes = [n for n in (h["note"], self.monitor.note) if n]
+        notes = [n for n in (h["note"], self.monitor.note, *getattr(self.service.engine, "notes", ())) if n]
         return line + "".join(f"  \n_{n}_" for n in notes)
 
     def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool) -> str:

@@ -95,7 +95,7 @@ class TTSService:
         self.engine = engine
         self.serve = serve
         self._settings = dataclasses.replace(batch, fp16=batch.fp16 and engine.fp16_supported)
-        self.note: str | None = None if batch.fp16 == self._settings.fp16 else f"FP16 needs CUDA; running FP32 on {engine.device}"
+        self.note: str | None = self._precision_note(batch.fp16)
         self.errors = 0
         self._batcher = Batcher(
             self._run_batch,
@@ -145,6 +145,13 @@ class TTSService:
         """The live settings in force now (a change applies at the next batch boundary)."""
         return self._settings
 
+    def _precision_note(self, fp16_requested: bool) -> str | None:
+        """Why FP16 is not in force when it was asked for (None when it is, or was not asked for)."""
+        if not fp16_requested or self.engine.fp16_supported:
+            return None
+        return getattr(self.engine, "note", None) or (
+            f"FP16 is not available for the {self.engine.name} engine on {self.engine.device}; running {self.engine.precision}")
+
     def _effective_batch(self, requested: int) -> int:
         return max(1, min(requested, self.engine.max_batch_size))
 
@@ -160,7 +167,7 @@ class TTSService:
             if fp16 != self._settings.fp16 or (fp16 and not self.engine.fp16_supported):
                 self.engine.set_precision(fp16)
                 fp16 = fp16 and self.engine.fp16_supported
-                self.note = None if fp16 == wanted.fp16 else f"FP16 needs CUDA; running FP32 on {self.engine.device}"
+                self.note = self._precision_note(wanted.fp16)
             self._batcher.max_batch_size = self._effective_batch(wanted.max_batch_size)
             self._batcher.max_wait_ms = wanted.max_wait_ms
             self._settings = dataclasses.replace(wanted, fp16=fp16)
@@ -183,6 +190,9 @@ class TTSService:
             raise TTSInputError(f"unknown speaker {speaker!r}; choose one of: {', '.join(self.engine.speakers)}")
         if emotion not in self.engine.emotions:
             raise TTSInputError(f"unknown emotion {emotion!r} for engine {self.engine.name}; choose one of: {', '.join(self.engine.emotions)}")
+        check_pair = getattr(self.engine, "check", None)  # engines whose voices differ in emotions say which pairs exist
+        if check_pair is not None:
+            check_pair(speaker, emotion)
         sentences = [s for s in textproc.split_sentences(textproc.normalize(text)) if self.engine.speakable(s)]
         if not sentences:
             raise TTSInputError(f"nothing speakable in {text[:40]!r}: it has no Chinese characters, letters or digits")

@@ -6,7 +6,7 @@ import sys
 
 import gradio as gr
 
-from app.handlers import STREAMING, Handlers, speaker_choices
+from app.handlers import STREAMING, Handlers, emotion_choices, speaker_choices
 from app.service import TTSService
 from app.settings import ServeSettings
 from profiling.monitor import Monitor
@@ -27,6 +27,7 @@ def build_ui(service: TTSService, monitor: Monitor) -> gr.Blocks:
     h = Handlers(service, monitor)
     engine, max_chars = service.engine, service.serve.max_chars
     settings = service.settings
+    emotions = emotion_choices(engine, engine.default_speaker)
     single_emotion = len(engine.emotions) == 1
     with gr.Blocks(title="Chinese TTS with a GPU profiler") as demo:
         gr.Markdown(f"## 中文语音合成 · Chinese text-to-speech with a live GPU profiler\nEngine **{engine.name}** · {engine.sample_rate} Hz · "
@@ -38,7 +39,7 @@ def build_ui(service: TTSService, monitor: Monitor) -> gr.Blocks:
                 with gr.Row():
                     speaker = gr.Dropdown(speaker_choices(engine), value=engine.default_speaker, label="Speaker", elem_id="speaker")
                     emotion = gr.Dropdown(
-                        list(engine.emotions), value=engine.emotions[0], label="Emotion", interactive=not single_emotion,
+                        emotions, value=emotions[0], label="Emotion", interactive=len(emotions) > 1,
                         info="this engine has a single emotion: neutral" if single_emotion else None, elem_id="emotion",
                     )
                 speak = gr.Button("Synthesize", variant="primary", elem_id="synthesize")
@@ -75,6 +76,7 @@ def build_ui(service: TTSService, monitor: Monitor) -> gr.Blocks:
                         table = gr.Dataframe(label="Results", interactive=False)
                         lat_plot, thr_plot, mem_plot = gr.Plot(), gr.Plot(), gr.Plot()
                         csv = gr.File(label="CSV")
+        speaker.change(h.emotions, [speaker, emotion], emotion, queue=False, api_visibility="private")
         text.change(None, text, counter, js=COUNTER_JS.replace("MAX", str(max_chars)), queue=False)
         speak.click(h.speak, [text, speaker, emotion], [audio, timing], api_name="synthesize_stream", concurrency_limit=service.serve.queue_size)
         api_button.click(h.synthesize, [text, speaker, emotion], api_audio, api_name="synthesize", concurrency_limit=service.serve.queue_size)

@@ -103,8 +103,10 @@ def test_full_queue_is_an_immediate_clear_error():
     eng = FakeEngine(delay_s=1.0)  # long enough that all three are queued before the first batch ends
     svc = TTSService(eng, BatchSettings(max_batch_size=1, max_wait_ms=0), ServeSettings(queue_size=2)).start(warmup=False)
     pool = ThreadPoolExecutor(3)
-    running = [pool.submit(svc.submit, t, "alice") for t in ("一", "二", "三")]
-    wait_until(lambda: len(eng.batches) == 1 and svc.queue_depth() == 2)  # one running, two waiting: full
+    running = [pool.submit(svc.submit, "一", "alice")]
+    wait_until(lambda: len(eng.batches) == 1)  # the first is running
+    running += [pool.submit(svc.submit, t, "alice") for t in ("二", "三")]
+    wait_until(lambda: svc.queue_depth() == 2)  # two are waiting: the queue is full
     t0 = time.monotonic()
     with pytest.raises(QueueFullError, match="busy"):
         svc.submit("四", "alice")
@@ -138,7 +140,7 @@ def test_settings_change_mid_load_applies_at_batch_boundary_and_loses_nothing():
         n_before = len(eng.batches)
         results = [f.result(10) for f in futures]
     assert applied.max_batch_size == 2 and applied.clear_cache
-    assert applied.fp16 is False and "FP16 needs CUDA" in svc.note  # the fake has no CUDA: in-force setting says so
+    assert applied.fp16 is False and "FP16 is not available for the fake engine" in svc.note  # in force: what really runs
     assert svc.settings == applied
     assert all(len(b) <= 2 for b in eng.batches[n_before:])
     for t, res in zip(texts, results):
