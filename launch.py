@@ -74,7 +74,6 @@ def load_engine(settings: EngineSettings, fp16: bool):
 
 def say(args: argparse.Namespace, engine_settings: EngineSettings, batch: BatchSettings, serve: ServeSettings) -> None:
     """One-shot synthesis straight through the engine (no queue, no web stack): fast cold start."""
-    from app import text as textproc
     from app.audio import join_sentences, write_wav
     from app.engines.base import Utterance
     from app.service import TTSService
@@ -93,7 +92,6 @@ def say(args: argparse.Namespace, engine_settings: EngineSettings, batch: BatchS
     seconds = len(audio) / engine.sample_rate
     print(f"wrote {args.out}: {seconds:.2f} s at {engine.sample_rate} Hz, {len(sentences)} sentence(s), "
           f"synthesized in {time.monotonic() - t0:.2f} s ({engine.device}, {engine.precision})")
-    del textproc
 
 
 def list_speakers(engine_settings: EngineSettings) -> None:
