@@ -18,7 +18,8 @@ SENTENCES = ["今天天气很好。", "我们一起去公园散步吧，顺便�
 def engine(tmp_path_factory):
     from app.engines.sambert import SambertEngine
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # restored below: the setting is process-wide
     folder = make_folder(tmp_path_factory.mktemp("engine"), voices=("zhitian_emo", "zhibei_emo"), speakers=("F7",))
     eng = SambertEngine(model=str(folder))
     assert eng.speakers == ("zhitian_emo", "zhibei_emo")  # cheap peek at voices.json before load
@@ -27,6 +28,7 @@ def engine(tmp_path_factory):
         eng.load("cpu", fp16=True)
     yield eng
     eng.unload()
+    torch.set_num_threads(threads)
 
 
 def test_implements_the_engine_protocol(engine):
@@ -116,3 +118,40 @@ def test_cuda_fp16_engine(tmp_path):
     for a, b in zip(fp16, fp32):
         assert a.shape == b.shape and np.abs(a - b).max() < 2e-2
     eng.unload()
+
+
+def test_through_the_service_each_caller_gets_its_own_audio(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.service import TTSService
+    from app.settings import BatchSettings
+
+    svc = TTSService(engine, BatchSettings(max_batch_size=4, max_wait_ms=50)).start(warmup=False)
+    jobs = [(SENTENCES[i % 2], ("zhitian_emo", "zhibei_emo")[i // 2], ("neutral", "happy")[i % 2]) for i in range(4)]
+    alone = [svc.submit(*job).audio for job in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda job: svc.submit(*job), jobs))
+    svc.close()
+    assert max(r.size for r in svc.batch_log) > 1
+    for a, res in zip(alone, together):
+        assert res.sample_rate == 16000 and a.shape == res.audio.shape
+        assert np.abs(a - res.audio).max() < 1e-4
+
+
+def test_launch_say_with_a_model_folder(tmp_path):
+    import subprocess
+    import sys
+    import wave
+    from pathlib import Path
+
+    folder = make_folder(tmp_path)
+    out = tmp_path / "out.wav"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "launch.py", "--engine", "sambert", "--model", str(folder), "--device", "cpu",
+                           "--say", "你好，世界。", "--out", str(out)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with wave.open(str(out), "rb") as w:
+        assert w.getframerate() == 16000 and w.getnframes() > 1600
+    missing = subprocess.run([sys.executable, "launch.py", "--engine", "sambert", "--model", str(tmp_path / "nope"), "--say", "你好"],
+                             cwd=root, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr and "error:" in missing.stderr
