@@ -155,3 +155,14 @@ def test_launch_say_with_a_model_folder(tmp_path):
     missing = subprocess.run([sys.executable, "launch.py", "--engine", "sambert", "--model", str(tmp_path / "nope"), "--say", "你好"],
                              cwd=root, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "error:" in missing.stderr
+
+
+def test_emotions_are_offered_per_voice(engine):
+    for speaker in engine.speakers:
+        offered = engine.emotions_for(speaker)
+        assert "neutral" in offered and set(offered) <= set(engine.emotions)
+        engine.check(speaker, offered[-1])
+    from app.errors import TTSInputError
+
+    with pytest.raises(TTSInputError, match="has no emotion 'furious'"):
+        engine.check(engine.speakers[0], "furious")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from app.engines.base import NEUTRAL, Utterance, resolve_device
-from app.errors import EngineUnavailableError
+from app.errors import EngineUnavailableError, TTSInputError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,19 @@ class SambertEngine:
                 voice.set_fp16(fp16)
             self._fp16 = fp16
         return self.precision
+
+    def emotions_for(self, speaker: str) -> tuple[str, ...]:
+        """The emotions this speaker's voice was trained on (engine.emotions is the union over voices)."""
+        target = self._targets.get(speaker) if self._voices else None
+        if target is None:
+            return self.emotions
+        trained = self._voices[target[0]].emotions
+        return tuple(e for e in self.emotions if f"emotion_{e}" in trained) or (NEUTRAL,)
+
+    def check(self, speaker: str, emotion: str) -> None:
+        """Refuse, naming the values, an emotion this speaker's voice does not have (the service asks at the edge)."""
+        if emotion not in self.emotions_for(speaker):
+            raise TTSInputError(f"speaker {speaker!r} has no emotion {emotion!r}; it has: {', '.join(self.emotions_for(speaker))}")
 
     def symbols(self, utterance: Utterance) -> str:
         """The KAN-TTS symbol string this engine feeds the acoustic model for one utterance."""
