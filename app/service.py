@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
+import sys
 import time
 import zlib
 from concurrent.futures import Future
@@ -71,8 +73,7 @@ class Piece:
 
 
 def _torch_if_loaded():
-    import sys
-
+    """torch if something already imported it (the service never imports it itself)."""
     return sys.modules.get("torch")
 
 
@@ -325,8 +326,6 @@ def memory_figures() -> dict[str, float | None]:
     out: dict[str, float | None] = {"rss_mib": None, "torch_allocated_mib": None, "torch_reserved_mib": None, "torch_peak_mib": None}
     try:
         with open("/proc/self/statm") as f:
-            import os
-
             out["rss_mib"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         pass

@@ -36,9 +36,6 @@ def _text_to_ids(text: str) -> tuple[int, ...]:
     """phkit's frontend: pinyin with tone sandhi -> its 145-symbol ids."""
     from phkit.chinese import text_to_sequence  # imported lazily: ~1.5 s of dictionaries
 
-    import jieba  # phkit's segmenter; it sets its own logger to DEBUG when imported
-
-    jieba.setLogLevel(logging.WARNING)
     return tuple(text_to_sequence(text, cleaner_names="hanzi"))
 
 
@@ -96,6 +93,7 @@ class EmbeddedEngine:
         self._vocoder = vocoder.eval().to(self._device)  # MelGAN overflows in FP16 (activations ~6e3): kept FP32
         with contextlib.redirect_stderr(io.StringIO()):  # phkit loads its dictionaries on first call, with progress bars
             self._frontend("预热")
+        logging.getLogger("jieba").setLevel(logging.WARNING)  # phkit's segmenter sets itself to DEBUG on import
         self.set_precision(fp16)
 
     def set_precision(self, fp16: bool) -> str:
