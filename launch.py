@@ -108,7 +108,7 @@ def list_speakers(engine_settings: EngineSettings) -> None:
 
 def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: ServeSettings, warmup: bool) -> None:
     from app.service import TTSService
-    from app.ui import build_ui, launch_ui
+    from app.web.ui import build_ui, launch_ui
     from profiling.monitor import Monitor
 
     engine = load_engine(engine_settings, batch.fp16)

@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     from profiling.monitor import Monitor
 
     if args.symbols:
-        from app.engines.embedded import EmbeddedEngine
-        from profiling.bench_engine import precomputed_frontend
+        from app.engines.embedded.engine import EmbeddedEngine
+        from profiling.bench.engine import precomputed_frontend
 
         engine = EmbeddedEngine(frontend=precomputed_frontend(args.symbols))
     else:

@@ -14,4 +14,4 @@ fi
 # The embedded voice's weights: ttskit's wheel carries them. --no-deps because its pins do not build on 3.11.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps ttskit==0.3.8
 # Convert the weights once (sha256-checked) so the first start is fast.
-.venv/bin/python -c "from app.embedded.weights import load_weights; load_weights()"
+.venv/bin/python -c "from app.engines.embedded.weights import load_weights; load_weights()"

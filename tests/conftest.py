@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def engine():
     """The real embedded engine on CPU in FP32, loaded once."""
-    from app.engines.embedded import EmbeddedEngine
+    from app.engines.embedded.engine import EmbeddedEngine
 
     eng = EmbeddedEngine()
     eng.load("cpu", fp16=False)
@@ -32,7 +32,7 @@ def engine():
 @pytest.fixture(scope="session")
 def cuda_engine():
     """The real embedded engine on CUDA (only requested by requires_cuda tests)."""
-    from app.engines.embedded import EmbeddedEngine
+    from app.engines.embedded.engine import EmbeddedEngine
 
     eng = EmbeddedEngine()
     eng.load("cuda", fp16=True)

@@ -31,7 +31,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(engine):
-    from app.ui import build_ui, launch_ui
+    from app.web.ui import build_ui, launch_ui
     from profiling.monitor import Monitor
 
     service = TTSService(engine, BatchSettings(max_batch_size=8, max_wait_ms=30), ServeSettings(max_chars=300)).start(warmup=False)

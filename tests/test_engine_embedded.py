@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.embedded import weights as W
+from app.engines.embedded import weights as W
 from app.engines.base import Utterance
 from app.errors import EngineUnavailableError
 
@@ -85,7 +85,7 @@ def test_speakable(engine):
 
 
 def test_fp16_without_cuda_falls_back_visibly():
-    from app.engines.embedded import EmbeddedEngine
+    from app.engines.embedded.engine import EmbeddedEngine
 
     eng = EmbeddedEngine()
     with pytest.warns(RuntimeWarning, match="FP16 needs CUDA"):

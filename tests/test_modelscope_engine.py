@@ -1,5 +1,5 @@
 """The modelscope engine at its boundary. The ModelScope hub model cannot be reached from CI, so a fake pipeline
-(tests/modelscope_fake.py) stands in for it; the real pipeline runs only where kantts and ttsfrd are installed."""
+(tests/fixtures/modelscope_fake.py) stands in for it; the real pipeline runs only where kantts and ttsfrd are installed."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,13 +15,13 @@ import pytest
 
 from app.engines import create_engine
 from app.engines.base import NEUTRAL, Engine, Utterance
-from app.engines.modelscope_pipeline import (
+from app.engines.modelscope.engine import (
     INSTALL_COMMAND, ModelScopeEngine, apply_emotion, missing_dependencies, preflight, read_emotions,
     restore_scipy_kaiser,
 )
 from app.errors import EngineUnavailableError, TTSInputError
 from app.settings import BatchSettings, EngineSettings, ServeSettings
-from tests.modelscope_fake import (
+from tests.fixtures.modelscope_fake import (
     UNIT_SAMPLES, FakeFrontend, FakeLingUnit, FakePipelineFactory, int16_wav, make_model_folder,
 )
 
@@ -44,7 +44,7 @@ def loaded_engine(tmp_path, factory=None, **load) -> tuple[ModelScopeEngine, Fak
 @pytest.fixture(autouse=True)
 def _cpu_pipeline(monkeypatch):
     """The fake runs where the real pipeline would: here that is the CPU, whatever this machine has."""
-    monkeypatch.setattr("app.engines.modelscope_pipeline.pipeline_device", lambda: "cpu")
+    monkeypatch.setattr("app.engines.modelscope.engine.pipeline_device", lambda: "cpu")
 
 
 # --- speakers, emotions and audio from a model folder ------------------------------------------------------
@@ -207,7 +207,7 @@ def test_a_pipeline_that_cannot_be_built_or_warmed_up_fails_at_load_with_the_cau
 
 
 def test_a_device_the_pipeline_will_not_use_is_refused_with_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr("app.engines.modelscope_pipeline.pipeline_device", lambda: "cuda:0")
+    monkeypatch.setattr("app.engines.modelscope.engine.pipeline_device", lambda: "cuda:0")
     engine = ModelScopeEngine(model=str(make_model_folder(tmp_path / "m")), pipeline_factory=FakePipelineFactory())
     with pytest.raises(EngineUnavailableError, match="CUDA_VISIBLE_DEVICES= "):
         engine.load(device="cpu", fp16=False)
@@ -291,7 +291,7 @@ def test_the_registry_builds_it_cheaply_without_importing_modelscope():
 def test_launch_exits_with_the_message_not_a_traceback(tmp_path, mode):
     if not (REPO / "launch.py").exists():
         pytest.skip("launch.py is not written yet")
-    if not mode and importlib.util.find_spec("app.ui") is None:
+    if not mode and importlib.util.find_spec("app.web.ui") is None:
         pytest.skip("app/ui.py is not written yet (launch.py imports it before loading the engine)")
     folder = make_model_folder(tmp_path / "m")
     out = subprocess.run([sys.executable, "launch.py", "--engine", "modelscope", "--model", str(folder), *mode],

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.sambert.folder import load_model_folder
-from app.sambert.runtime import SambertVoice, SymbolItem
-from app.sambert.symbols import DEFAULT_PHONES
-from tests.sambert_folder import make_folder
+from app.engines.sambert.folder import load_model_folder
+from app.engines.sambert.runtime import SambertVoice, SymbolItem
+from app.engines.sambert.symbols import DEFAULT_PHONES
+from tests.fixtures.sambert_writer import make_folder
 
 BATCH_TOLERANCE = 1e-5  # FP32: batched vs alone, per item
 FP16_MEL_TOLERANCE = 2e-2  # FP16 vs FP32 on random weights (measured ~3e-3); frame counts must be identical

@@ -9,14 +9,14 @@ import torch
 
 from app.engines.base import Engine, Utterance
 from app.errors import EngineUnavailableError
-from tests.sambert_folder import make_folder
+from tests.fixtures.sambert_writer import make_folder
 
 SENTENCES = ["今天天气很好。", "我们一起去公园散步吧，顺便买点水果。", "好。", "二零二四年三月五日，我用GPU跑模型。"]
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from app.engines.sambert import SambertEngine
+    from app.engines.sambert.engine import SambertEngine
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # restored below: the setting is process-wide
@@ -93,7 +93,7 @@ def test_registry_builds_it_and_a_bad_folder_fails_clearly(tmp_path):
 
 
 def test_legacy_folder_and_multi_speaker_voice(tmp_path):
-    from app.engines.sambert import SambertEngine
+    from app.engines.sambert.engine import SambertEngine
 
     folder = make_folder(tmp_path, layout="legacy", speakers=("F7", "M7"), emotions=("emotion_neutral", "emotion_angry"))
     eng = SambertEngine(model=str(folder))
@@ -106,7 +106,7 @@ def test_legacy_folder_and_multi_speaker_voice(tmp_path):
 @pytest.mark.requires_cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fp16_engine(tmp_path):
-    from app.engines.sambert import SambertEngine
+    from app.engines.sambert.engine import SambertEngine
 
     eng = SambertEngine(model=str(make_folder(tmp_path)))
     eng.load("cuda", fp16=True)

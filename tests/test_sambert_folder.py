@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from app.errors import EngineUnavailableError
-from app.sambert.folder import ModelFolderError, load_model_folder
-from app.sambert.symbols import EMOTION_TYPES
-from app.sambert.synthetic import FolderSpec, acoustic_config, random_acoustic_state
-from app.sambert.vocoder import fold_weight_norm
-from tests.sambert_folder import make_folder
+from app.engines.sambert.folder import ModelFolderError, load_model_folder
+from app.engines.sambert.symbols import EMOTION_TYPES
+from tests.fixtures.sambert_writer import FolderSpec, acoustic_config, random_acoustic_state
+from app.engines.sambert.vocoder import fold_weight_norm
+from tests.fixtures.sambert_writer import make_folder
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.sambert.frontend import SambertFrontend, read_number
-from app.sambert.pinyin import syllable_phones
-from app.sambert.symbols import (
+from app.engines.sambert.frontend import SambertFrontend, read_number
+from app.engines.sambert.pinyin import syllable_phones
+from app.engines.sambert.symbols import (
     DEFAULT_PHONES, DEFAULT_TONES, EMOTION_TYPES, SYLLABLE_FLAGS, WORD_SEGMENTS, SymbolTables, with_specials,
 )
 

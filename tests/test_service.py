@@ -14,7 +14,7 @@ from app.engines.base import Utterance
 from app.errors import QueueFullError, SynthesisError, TTSInputError
 from app.service import TTSService
 from app.settings import BatchSettings, ServeSettings
-from tests.fakes import FakeEngine
+from tests.fixtures.fake_engine import FakeEngine
 
 # 32 different short sentences for the real-engine cross-talk test
 PHRASES = [

@@ -10,17 +10,17 @@ __all__ = ["NEUTRAL", "Engine", "Utterance", "create_engine"]
 def create_engine(settings: EngineSettings) -> Engine:
     """Build (not yet load) the engine named in settings."""
     if settings.name == "embedded":
-        from app.engines.embedded import EmbeddedEngine
+        from app.engines.embedded.engine import EmbeddedEngine
 
         return EmbeddedEngine()
     if settings.name == "sambert":
-        from app.engines.sambert import SambertEngine
+        from app.engines.sambert.engine import SambertEngine
 
         if not settings.model:
             raise ValueError("--engine sambert needs --model PATH (a ModelScope Sambert-HifiGan model folder)")
         return SambertEngine(model=settings.model)
     if settings.name == "modelscope":
-        from app.engines.modelscope_pipeline import ModelScopeEngine
+        from app.engines.modelscope.engine import ModelScopeEngine
 
         return ModelScopeEngine(model=settings.model or ModelScopeEngine.DEFAULT_MODEL)
     raise ValueError(f"unknown engine {settings.name!r}")

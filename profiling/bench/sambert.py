@@ -1,6 +1,6 @@
 """Benchmark the native Sambert-HifiGan runtime on random weights of the official 16k config size.
 
-    python -m profiling.bench_sambert --device cpu|cuda --fp16 on,off --batch 1,8,16 [--out results.csv]
+    python -m profiling.bench.sambert --device cpu|cuda --fp16 on,off --batch 1,8,16 [--out results.csv]
 
 Needs only torch, numpy, pandas and pyyaml: it feeds symbol sequences directly (no jieba/pypinyin frontend).
 """
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from app.sambert.folder import load_model_folder
-from app.sambert.runtime import SambertVoice, SymbolItem
-from app.sambert.symbols import DEFAULT_PHONES
-from app.sambert.synthetic import FolderSpec, write_model_folder
+from app.engines.sambert.folder import load_model_folder
+from app.engines.sambert.runtime import SambertVoice, SymbolItem
+from app.engines.sambert.symbols import DEFAULT_PHONES
+from tests.fixtures.sambert_writer import FolderSpec, write_model_folder
 
 MANDARIN_PHONES = DEFAULT_PHONES[:62]  # the `_c` initials/finals a Chinese sentence is made of
 

@@ -7,10 +7,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from app.sambert.acoustic import AcousticInput, SambertAcoustic
-from app.sambert.folder import ModelFolderError, VoiceFiles
-from app.sambert.symbols import SymbolTables
-from app.sambert.vocoder import HifiGanGenerator
+from app.engines.sambert.acoustic import AcousticInput, SambertAcoustic
+from app.engines.sambert.folder import ModelFolderError, VoiceFiles
+from app.engines.sambert.symbols import SymbolTables
+from app.engines.sambert.vocoder import HifiGanGenerator
 
 OPTIONAL_BUFFERS = ("text_encoder.ling_enc.position_enc.position_enc", "variance_adaptor.dur_position_encoder.inv_timescales")
 

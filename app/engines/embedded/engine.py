@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from app.embedded.melgan import MelGAN
-from app.embedded.tacotron import PRENET_DROPOUT, Acoustic, AcousticConfig, max_frames, speaker_vector
-from app.embedded.weights import load_weights
+from app.engines.embedded.melgan import MelGAN
+from app.engines.embedded.tacotron import PRENET_DROPOUT, Acoustic, AcousticConfig, max_frames, speaker_vector
+from app.engines.embedded.weights import load_weights
 from app.engines.base import NEUTRAL, Utterance, resolve_device
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import sys
 
 import gradio as gr
 
-from app.handlers import STREAMING, Handlers, emotion_choices, speaker_choices
+from app.web.handlers import STREAMING, Handlers, emotion_choices, speaker_choices
 from app.service import TTSService
 from app.settings import ServeSettings
 from profiling.monitor import Monitor

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.sambert.config import VocoderConfig
+from app.engines.sambert.config import VocoderConfig
 
 
 class CausalConv(nn.Conv1d):

@@ -1,6 +1,6 @@
 """Correctness checks that need a GPU, printed as PASS/FAIL lines (CPU-only tests cover the rest).
 
-python -m profiling.gpu_checks --symbols FILE   (on a CUDA machine; exits 1 if any check fails)
+python -m profiling.bench.gpu_checks --symbols FILE   (on a CUDA machine; exits 1 if any check fails)
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from profiling.bench_engine import precomputed_frontend, sentences_of
+from profiling.bench.engine import precomputed_frontend, sentences_of
 from profiling.loadgen import load_workload
 
 failures: list[str] = []
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     args = p.parse_args(argv)
     from app.engines.base import Utterance
-    from app.engines.embedded import EmbeddedEngine
+    from app.engines.embedded.engine import EmbeddedEngine
     from app.service import TTSService
     from app.settings import BatchSettings, ServeSettings
     from profiling.monitor import Monitor

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.sambert.config import AcousticConfig
-from app.sambert.decoder import MelDecoder
-from app.sambert.layers import (
+from app.engines.sambert.config import AcousticConfig
+from app.engines.sambert.decoder import MelDecoder
+from app.engines.sambert.layers import (
     DurationPositionEncoder,
     FFTBlock,
     FsmnEncoder,

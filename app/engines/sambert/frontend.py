@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.sambert.pinyin import split_tone, syllable_phones
-from app.sambert.symbols import DEFAULT_PHONES, SymbolTables
+from app.engines.sambert.pinyin import split_tone, syllable_phones
+from app.engines.sambert.symbols import DEFAULT_PHONES, SymbolTables
 
 PAUSE_MARKS = set("，,、；;：:—–…")  # a pause inside the sentence: intonation-phrase break (#3)
 END_MARKS = set("。.！!？?")  # sentence end (#4), or #3 when more text follows

@@ -15,12 +15,12 @@ import torch
 import yaml
 
 from app.errors import EngineUnavailableError
-from app.sambert.config import HOP_SAMPLES, SAMPLE_RATE_HZ, AcousticConfig, VocoderConfig
-from app.sambert.symbols import (
+from app.engines.sambert.config import HOP_SAMPLES, SAMPLE_RATE_HZ, AcousticConfig, VocoderConfig
+from app.engines.sambert.symbols import (
     DEFAULT_PHONES, DEFAULT_TONES, EMOTION_TYPES, EOS, MASK, PAD, SYLLABLE_FLAGS, WORD_SEGMENTS, SymbolTables,
     with_specials,
 )
-from app.sambert.vocoder import convert_generator_state
+from app.engines.sambert.vocoder import convert_generator_state
 
 LFEAT_TYPES = "sy,tone,syllable_flag,word_segment,emo_category,speaker_category"  # the only supported feature list
 DICT_FILES = {  # older folders ship their own tables under dict/ (newer ones sometimes do too)

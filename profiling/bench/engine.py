@@ -1,6 +1,6 @@
 """Engine benchmark: load time, per-sentence RTF at batch 1, throughput at batch 1/2/4/8, peak memory.
 
-python -m profiling.bench_engine --device cpu --precision fp32 --batch 1,2,4,8
+python -m profiling.bench.engine --device cpu --precision fp32 --batch 1,2,4,8
 On a machine without phkit (a bare GPU box), pass --symbols FILE made here with --export-symbols FILE.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def precomputed_frontend(path: str):
 
 
 def export_symbols(path: str, texts: list[str]) -> None:
-    from app.engines.embedded import _text_to_ids
+    from app.engines.embedded.engine import _text_to_ids
     from app.service import WARMUP_TEXT
 
     extra = ["预热", "你好", WARMUP_TEXT, "这是一段用来测试流式合成的长文本。它有好几句话，每一句都不太长。第一句先出来，后面的句子再慢慢跟上。这样用户可以更早听到声音。"]
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from app.engines.base import Utterance
-    from app.engines.embedded import EmbeddedEngine
+    from app.engines.embedded.engine import EmbeddedEngine
 
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)

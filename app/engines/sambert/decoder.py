@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.sambert.config import AcousticConfig
-from app.sambert.layers import ConvFeedForward, masked_attention, prenet, run_prenet
+from app.engines.sambert.config import AcousticConfig
+from app.engines.sambert.layers import ConvFeedForward, masked_attention, prenet, run_prenet
 
 
 class PncaAttention(nn.Module):

@@ -68,9 +68,9 @@ class SambertEngine:
 
     def load(self, device: str = "auto", fp16: bool = True) -> None:
         """Read and check the folder, put every voice on the device, warm each one up."""
-        from app.sambert.folder import load_model_folder
-        from app.sambert.frontend import SambertFrontend
-        from app.sambert.runtime import SambertVoice
+        from app.engines.sambert.folder import load_model_folder
+        from app.engines.sambert.frontend import SambertFrontend
+        from app.engines.sambert.runtime import SambertVoice
 
         self._device = resolve_device(device)
         folder = load_model_folder(self.model_path)  # ModelFolderError (an EngineUnavailableError) names the file
@@ -135,7 +135,7 @@ class SambertEngine:
     def speakable(self, text: str) -> bool:
         """Whether the frontend finds at least one syllable (works before load, with the default phone set)."""
         if not self._frontends:
-            from app.sambert.frontend import SambertFrontend
+            from app.engines.sambert.frontend import SambertFrontend
 
             self._frontends = {"": SambertFrontend()}
         frontend = next(iter(self._frontends.values()))
@@ -143,7 +143,7 @@ class SambertEngine:
 
     def synthesize(self, batch: Sequence[Utterance]) -> list[np.ndarray]:
         """Group items by voice, run each group in batches of at most max_batch_size; outputs in input order."""
-        from app.sambert.runtime import SymbolItem
+        from app.engines.sambert.runtime import SymbolItem
 
         if not self._voices:
             raise RuntimeError("SambertEngine.synthesize called before load()")

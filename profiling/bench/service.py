@@ -1,7 +1,7 @@
 """Service benchmark: N concurrent clients x max batch size x precision -> latency, throughput, batches formed;
 and time to first audio for a long paragraph, streamed vs whole.
 
-python -m profiling.bench_service --device cpu --precision fp32 --clients 1,4,8,16 --batch 1,4,8
+python -m profiling.bench.service --device cpu --precision fp32 --clients 1,4,8,16 --batch 1,4,8
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 
-from profiling.bench_engine import precomputed_frontend
+from profiling.bench.engine import precomputed_frontend
 from profiling.loadgen import WORKLOAD_FILE, load_workload, run_load, service_caller, summarize
 
 PARAGRAPH = "这是一段用来测试流式合成的长文本。它有好几句话，每一句都不太长。第一句先出来，后面的句子再慢慢跟上。这样用户可以更早听到声音。"
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from app.engines.embedded import EmbeddedEngine
+    from app.engines.embedded.engine import EmbeddedEngine
     from app.service import TTSService
     from app.settings import BatchSettings, ServeSettings
 
