@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 
-from app.errors import EngineUnavailableError, TTSInputError
+from app.errors import EngineUnavailableError, SynthesisError, TTSInputError
 from app.settings import ENGINE_NAMES, BatchSettings, EngineSettings, ServeSettings
 
 log = logging.getLogger("launch")
@@ -73,36 +73,27 @@ def load_engine(settings: EngineSettings, fp16: bool):
 
 
 def say(args: argparse.Namespace, engine_settings: EngineSettings, batch: BatchSettings, serve: ServeSettings) -> None:
-    """One-shot synthesis straight through the engine (no queue, no web stack): fast cold start."""
-    from app.audio import join_sentences, write_wav
-    from app.engines.base import Utterance
+    """One-shot synthesis through the same service path as the app, without warm-up or the web stack: fast cold start."""
+    from app.audio import write_wav
     from app.service import TTSService
 
     engine = load_engine(engine_settings, batch.fp16)
-    speaker = args.speaker or engine.default_speaker
-    svc = TTSService(engine, batch, serve)  # not started: only its validation and seeding are used
-    sentences = svc.validate(args.say, speaker, args.emotion)
-    seeds = svc._seeds(sentences, speaker, args.seed)
-    utts = [Utterance(s, speaker, args.emotion, k) for s, k in zip(sentences, seeds)]
-    t0 = time.monotonic()
-    size = min(batch.max_batch_size, engine.max_batch_size)
-    pieces = [a for i in range(0, len(utts), size) for a in engine.synthesize(utts[i : i + size])]
-    audio = join_sentences(pieces, engine.sample_rate)
-    write_wav(args.out, audio, engine.sample_rate)
-    seconds = len(audio) / engine.sample_rate
-    print(f"wrote {args.out}: {seconds:.2f} s at {engine.sample_rate} Hz, {len(sentences)} sentence(s), "
-          f"synthesized in {time.monotonic() - t0:.2f} s ({engine.device}, {engine.precision})")
+    with TTSService(engine, batch, serve).start(warmup=False) as service:
+        result = service.submit(args.say, args.speaker or engine.default_speaker, args.emotion, seed=args.seed)
+    write_wav(args.out, result.audio, result.sample_rate)
+    print(f"wrote {args.out}: {len(result.audio) / result.sample_rate:.2f} s at {result.sample_rate} Hz, "
+          f"{result.timings.sentences} sentence(s), synthesized in {result.timings.total_s:.2f} s ({engine.device}, {engine.precision})")
 
 
 def list_speakers(engine_settings: EngineSettings) -> None:
     from app.engines import create_engine
 
     engine = create_engine(engine_settings)
-    experimental = getattr(engine, "experimental_speakers", frozenset())
     if not engine.speakers:  # engines that read their voices from a model folder need loading first
         engine.load(engine_settings.device, fp16=False)
     for name in engine.speakers:
-        print(name + ("  (experimental)" if name in experimental else "") + ("  [default]" if name == engine.default_speaker else ""))
+        print(name + ("  (experimental)" if name in engine.experimental_speakers else "")
+              + ("  [default]" if name == engine.default_speaker else ""))
     print("emotions: " + ", ".join(engine.emotions))
 
 
@@ -119,7 +110,7 @@ def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: Serv
     monitor = Monitor(extra=service.stats)
     monitor.start()
     demo = build_ui(service, monitor)
-    launch_ui(demo, serve)
+    launch_ui(demo, service)
 
 
 def install_weights_on_spaces() -> None:
@@ -144,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             say(args, engine_settings, batch, serve)
         else:
             serve_app(engine_settings, batch, serve, warmup=not args.no_warmup)
-    except (EngineUnavailableError, TTSInputError, ValueError) as exc:
+    except (EngineUnavailableError, TTSInputError, SynthesisError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import os
+import math
 import sys
 import time
 import zlib
@@ -18,13 +18,12 @@ import numpy as np
 from app import text as textproc
 from app.audio import join_sentences
 from app.batcher import Batcher, Request
-from app.engines.base import NEUTRAL, Engine, Utterance
+from app.engines.base import NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
 from app.errors import SynthesisError, TTSInputError
+from app.memory import rss_mib, torch_cuda_mib
 from app.settings import BatchSettings, ServeSettings
 
 log = logging.getLogger(__name__)
-
-WARMUP_TEXT = "你好，欢迎使用语音合成。"  # short, covers tones and punctuation
 
 
 @dataclass
@@ -92,11 +91,10 @@ def _free_cuda_cache() -> None:
 class TTSService:
     """The one resident pipeline every request goes through."""
 
-    def __init__(self, engine: Engine, batch: BatchSettings = BatchSettings(), serve: ServeSettings = ServeSettings()) -> None:
+    def __init__(self, engine: EngineBase, batch: BatchSettings = BatchSettings(), serve: ServeSettings = ServeSettings()) -> None:
         self.engine = engine
         self.serve = serve
         self._settings = dataclasses.replace(batch, fp16=batch.fp16 and engine.fp16_supported)
-        self.note: str | None = self._precision_note(batch.fp16)
         self.errors = 0
         self._batcher = Batcher(
             self._run_batch,
@@ -146,13 +144,6 @@ class TTSService:
         """The live settings in force now (a change applies at the next batch boundary)."""
         return self._settings
 
-    def _precision_note(self, fp16_requested: bool) -> str | None:
-        """Why FP16 is not in force when it was asked for (None when it is, or was not asked for)."""
-        if not fp16_requested or self.engine.fp16_supported:
-            return None
-        return getattr(self.engine, "note", None) or (
-            f"FP16 is not available for the {self.engine.name} engine on {self.engine.device}; running {self.engine.precision}")
-
     def _effective_batch(self, requested: int) -> int:
         return max(1, min(requested, self.engine.max_batch_size))
 
@@ -165,10 +156,9 @@ class TTSService:
 
         def apply() -> BatchSettings:
             fp16 = wanted.fp16
-            if fp16 != self._settings.fp16 or (fp16 and not self.engine.fp16_supported):
+            if fp16 != self.engine.fp16 or (fp16 and not self.engine.fp16_supported):
                 self.engine.set_precision(fp16)
-                fp16 = fp16 and self.engine.fp16_supported
-                self.note = self._precision_note(wanted.fp16)
+                fp16 = self.engine.fp16
             self._batcher.max_batch_size = self._effective_batch(wanted.max_batch_size)
             self._batcher.max_wait_ms = wanted.max_wait_ms
             self._settings = dataclasses.replace(wanted, fp16=fp16)
@@ -181,38 +171,29 @@ class TTSService:
         return self.update_settings(**changes).result(timeout_s)
 
     # --- requests ----------------------------------------------------------------------------------
-    def validate(self, text: str, speaker: str, emotion: str = NEUTRAL) -> list[str]:
-        """Check a request at the edge; return its normalised sentences or raise TTSInputError."""
+    def plan(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None) -> list[Utterance]:
+        """Check a request at the edge and turn it into the engine's items, one per normalised sentence.
+
+        Raises TTSInputError naming the bad value. Seeds are per sentence: from the request's seed if given, else
+        from the sentence and speaker, so the same request always sounds the same.
+        """
         if not isinstance(text, str) or not text.strip():
             raise TTSInputError("text is empty: type some Chinese text to synthesize")
         if len(text) > self.serve.max_chars:
             raise TTSInputError(f"text has {len(text)} characters; the limit is {self.serve.max_chars}")
-        if speaker not in self.engine.speakers:
-            raise TTSInputError(f"unknown speaker {speaker!r}; choose one of: {', '.join(self.engine.speakers)}")
-        if emotion not in self.engine.emotions:
-            raise TTSInputError(f"unknown emotion {emotion!r} for engine {self.engine.name}; choose one of: {', '.join(self.engine.emotions)}")
-        check_pair = getattr(self.engine, "check", None)  # engines whose voices differ in emotions say which pairs exist
-        if check_pair is not None:
-            check_pair(speaker, emotion)
+        self.engine.check(speaker, emotion)
         sentences = [s for s in textproc.split_sentences(textproc.normalize(text)) if self.engine.speakable(s)]
         if not sentences:
             raise TTSInputError(f"nothing speakable in {text[:40]!r}: it has no Chinese characters, letters or digits")
-        return sentences
-
-    @staticmethod
-    def _seeds(sentences: Sequence[str], speaker: str, seed: int | None) -> list[int]:
-        """Per-sentence seeds: from the request's seed if given, else from the sentence and speaker (repeatable)."""
         if seed is not None:
-            return [(int(seed) + i) & 0x7FFFFFFF for i in range(len(sentences))]
-        return [zlib.crc32(f"{speaker}|{s}".encode()) & 0x7FFFFFFF for s in sentences]
-
-    def _utterances(self, text: str, speaker: str, emotion: str, seed: int | None) -> list[Utterance]:
-        sentences = self.validate(text, speaker, emotion)
-        return [Utterance(s, speaker, emotion, k) for s, k in zip(sentences, self._seeds(sentences, speaker, seed))]
+            seeds = [(int(seed) + i) & 0x7FFFFFFF for i in range(len(sentences))]
+        else:
+            seeds = [zlib.crc32(f"{speaker}|{s}".encode()) & 0x7FFFFFFF for s in sentences]
+        return [Utterance(s, speaker, emotion, k) for s, k in zip(sentences, seeds)]
 
     def submit(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None) -> Result:
         """Synthesize a whole text (blocking): its sentences are queued together, so they batch."""
-        utts = self._utterances(text, speaker, emotion, seed)
+        utts = self.plan(text, speaker, emotion, seed)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
         t0 = time.monotonic()
         reqs = self._batcher.submit_many(utts, timeout_s=timeout_s)
@@ -225,7 +206,7 @@ class TTSService:
         The first sentence is queued alone and the rest once it has started, so it runs in a small batch and its
         audio arrives early; the rest still batch together (and with other callers' items).
         """
-        utts = self._utterances(text, speaker, emotion, seed)
+        utts = self.plan(text, speaker, emotion, seed)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
         t0 = time.monotonic()
         reqs = self._batcher.submit_many(utts[:1], timeout_s=timeout_s)
@@ -299,16 +280,16 @@ class TTSService:
         """Readiness and counters as plain JSON-able data."""
         b = self._batcher
         return {
-            "status": "ok" if getattr(self.engine, "loaded", True) else "not loaded",
+            "status": "ok" if self.engine.loaded else "not loaded",
             "engine": self.engine.name,
-            "model_loaded": bool(getattr(self.engine, "loaded", True)),
+            "model_loaded": self.engine.loaded,
             "device": self.engine.device,
             "precision": self.engine.precision,
             "sample_rate": self.engine.sample_rate,
             "speakers": len(self.engine.speakers),
             "emotions": list(self.engine.emotions),
             "settings": dataclasses.asdict(self._settings),
-            "note": self.note,
+            "note": "; ".join(self.engine.notes) or None,
             "queue_depth": b.depth(),
             "queue_capacity": b.capacity,
             "batches_run": b.batches_run,
@@ -322,16 +303,6 @@ class TTSService:
 
 
 def memory_figures() -> dict[str, float | None]:
-    """Process RSS and, when CUDA is in use, PyTorch allocator figures in MiB."""
-    out: dict[str, float | None] = {"rss_mib": None, "torch_allocated_mib": None, "torch_reserved_mib": None, "torch_peak_mib": None}
-    try:
-        with open("/proc/self/statm") as f:
-            out["rss_mib"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        pass
-    torch = _torch_if_loaded()
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["torch_allocated_mib"] = torch.cuda.memory_allocated() / 2**20
-        out["torch_reserved_mib"] = torch.cuda.memory_reserved() / 2**20
-        out["torch_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+    """Process RSS and, when CUDA is in use, PyTorch allocator figures in MiB (None where not available)."""
+    figures = {"rss_mib": rss_mib(), **torch_cuda_mib()}
+    return {k: None if math.isnan(v) else v for k, v in figures.items()}

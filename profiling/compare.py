@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.symbols:
         from app.engines.embedded.engine import EmbeddedEngine
-        from profiling.bench.engine import precomputed_frontend
+        from app.engines.embedded.frontend import precomputed_frontend
 
         engine = EmbeddedEngine(frontend=precomputed_frontend(args.symbols))
     else:

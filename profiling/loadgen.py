@@ -14,6 +14,13 @@ from typing import Callable, Sequence
 WORKLOAD_FILE = Path(__file__).with_name("workload_zh.txt")
 
 
+def workload_sentences(texts: Sequence[str]) -> list[str]:
+    """The normalised sentences the service sends to the engine for these texts, in order."""
+    from app import text as textproc
+
+    return [s for t in texts for s in textproc.split_sentences(textproc.normalize(t))]
+
+
 def load_workload(path: str | Path = WORKLOAD_FILE) -> list[str]:
     """Non-empty, non-comment lines of a text file."""
     lines = Path(path).read_text(encoding="utf8").splitlines()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -13,10 +12,10 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from app.memory import MIB, NAN, rss_mib, torch_cuda_mib
+
 log = logging.getLogger(__name__)
 
-NAN = float("nan")
-MIB = 1024 * 1024  # bytes in one MiB
 NO_DRIVER_NOTE = "NVML not available (no NVIDIA driver): showing process RSS and CPU instead"
 NO_PYNVML_NOTE = "NVML not available (nvidia-ml-py not installed): showing process RSS and CPU instead"
 
@@ -38,14 +37,6 @@ SAMPLE_COLUMNS = (
 )
 NVML_COLUMNS = SAMPLE_COLUMNS[1:8]
 TORCH_COLUMNS = SAMPLE_COLUMNS[8:11]
-
-try:  # optional: only used where /proc is missing (macOS)
-    import psutil as _psutil
-except ImportError:
-    _psutil = None
-
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
 
 class Monitor:
     """Samples device, allocator and process metrics about 4 times a second in its own daemon thread."""
@@ -289,23 +280,11 @@ class Monitor:
         return float(temp_c)
 
     def _read_torch(self) -> dict[str, float]:
-        row = dict.fromkeys(TORCH_COLUMNS, NAN)
-        # Only when the app already imported torch and initialised CUDA: importing torch here costs
-        # seconds, and touching torch.cuda first would create a CUDA context from the monitor thread.
-        torch = sys.modules.get("torch")
-        if torch is None:
-            return row
         try:
-            cuda = torch.cuda
-            if not cuda.is_initialized():
-                return row
-            row["torch_allocated_mib"] = cuda.memory_allocated(self.device_index) / MIB
-            row["torch_reserved_mib"] = cuda.memory_reserved(self.device_index) / MIB
-            row["torch_peak_mib"] = cuda.max_memory_allocated(self.device_index) / MIB
+            return torch_cuda_mib(self.device_index)
         except Exception as exc:  # torch half-imported by another thread, or a device index torch lacks
             self._log_once(f"torch:{type(exc).__name__}", logging.DEBUG, "torch.cuda stats unavailable: %s", exc)
             return dict.fromkeys(TORCH_COLUMNS, NAN)
-        return row
 
     def _read_process(self) -> dict[str, float]:
         now_s = time.monotonic()
@@ -315,7 +294,7 @@ class Monitor:
         cpu_pct = NAN
         if previous is not None and now_s > previous[0]:
             cpu_pct = 100.0 * (cpu_s - previous[1]) / (now_s - previous[0])
-        return {"rss_mib": _rss_mib(), "cpu_pct": cpu_pct}
+        return {"rss_mib": rss_mib(), "cpu_pct": cpu_pct}
 
     def _read_extra(self, row: dict[str, float]) -> dict[str, float]:
         if self._extra is None:
@@ -386,21 +365,6 @@ def _own_process_mib(processes: list[Any] | None) -> float:
     if not used or any(used_bytes is None for used_bytes in used):
         return NAN
     return sum(used) / MIB
-
-
-def _rss_mib() -> float:
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            resident_pages = int(statm.read().split()[1])
-        return resident_pages * _PAGE_BYTES / MIB
-    except (OSError, ValueError, IndexError):
-        pass
-    if _psutil is not None:
-        try:
-            return _psutil.Process().memory_info().rss / MIB
-        except Exception:
-            pass
-    return NAN
 
 
 def _init_failure_note(nvml: Any, exc: BaseException) -> str:

@@ -34,10 +34,11 @@ def app_url(engine):
     from app.web.ui import build_ui, launch_ui
     from profiling.monitor import Monitor
 
-    service = TTSService(engine, BatchSettings(max_batch_size=8, max_wait_ms=30), ServeSettings(max_chars=300)).start(warmup=False)
+    serve = ServeSettings(port=free_port(), max_chars=300)
+    service = TTSService(engine, BatchSettings(max_batch_size=8, max_wait_ms=30), serve).start(warmup=False)
     monitor = Monitor(interval_s=0.25, extra=service.stats).start()
     demo = build_ui(service, monitor)
-    url = launch_ui(demo, ServeSettings(port=free_port(), max_chars=300), block=False)
+    url = launch_ui(demo, service, block=False)
     yield url
     demo.close()
     monitor.close()

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from app.engines import create_engine
-from app.engines.base import NEUTRAL, Engine, Utterance
-from app.engines.modelscope.engine import (
-    INSTALL_COMMAND, ModelScopeEngine, apply_emotion, missing_dependencies, preflight, read_emotions,
-    restore_scipy_kaiser,
-)
+from app.engines.base import NEUTRAL, EngineBase, Utterance
+from app.engines.modelscope.deps import INSTALL_COMMAND, missing_dependencies, preflight, restore_scipy_kaiser
+from app.engines.modelscope.emotion import apply_emotion
+from app.engines.modelscope.engine import ModelScopeEngine, read_emotions
 from app.errors import EngineUnavailableError, TTSInputError
 from app.settings import BatchSettings, EngineSettings, ServeSettings
 from tests.fixtures.modelscope_fake import (
@@ -50,7 +49,7 @@ def _cpu_pipeline(monkeypatch):
 # --- speakers, emotions and audio from a model folder ------------------------------------------------------
 def test_speakers_and_emotions_come_from_the_model_folder(tmp_path):
     engine, _ = loaded_engine(tmp_path)
-    assert isinstance(engine, Engine)
+    assert isinstance(engine, EngineBase)
     assert engine.speakers == ("zhitian_emo", "zhiyan_emo", "zhizhe_emo", "zhibei_emo")  # voices.json order
     assert engine.default_speaker == "zhitian_emo"
     assert engine.emotions_for("zhitian_emo") == (NEUTRAL, "happy", "sad", "angry")  # emotion_none is no emotion
@@ -137,12 +136,15 @@ def test_a_pipeline_without_a_reachable_frontend_offers_neutral_only_and_says_so
 
 # --- clear errors, before any request ----------------------------------------------------------------------------
 def test_unknown_speaker_or_emotion_is_refused_before_anything_runs(tmp_path):
+    from app.service import TTSService
+
     engine, factory = loaded_engine(tmp_path)
     before = len(factory.pipe.calls)
     with pytest.raises(TTSInputError, match="unknown speaker 'xiaoyun'.*zhitian_emo"):
-        engine.synthesize([Utterance("你好", "zhitian_emo"), Utterance("你好", "xiaoyun")])
-    with pytest.raises(TTSInputError, match="speaker 'zhizhe_emo' has no emotion 'happy'; it has: neutral, sad"):
-        engine.synthesize([Utterance("你好", "zhizhe_emo", "happy")])
+        engine.check("xiaoyun", "neutral")
+    with TTSService(engine).start(warmup=False) as service:
+        with pytest.raises(TTSInputError, match="speaker 'zhizhe_emo' has no emotion 'happy'; choose one of: neutral, sad"):
+            service.submit("你好", "zhizhe_emo", "happy")
     assert len(factory.pipe.calls) == before
 
 
@@ -201,7 +203,7 @@ def test_a_pipeline_that_cannot_be_built_or_warmed_up_fails_at_load_with_the_cau
         return pipe
 
     engine = ModelScopeEngine(model=str(make_model_folder(tmp_path / "b")), pipeline_factory=old_checkpoint)
-    with pytest.raises(EngineUnavailableError, match="warming up voice 'zhiyan_emo'.*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"):
+    with pytest.raises(EngineUnavailableError, match="loading voice 'zhiyan_emo'.*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"):
         engine.load(device="cpu", fp16=False)
     assert not engine.loaded
 

@@ -35,9 +35,8 @@ def wait_until(condition, timeout_s: float = 10.0) -> None:
 
 def expected_audio(svc: TTSService, text: str, speaker: str) -> np.ndarray:
     """What the fake engine's service answer must be for a one-sentence text."""
-    sentence = svc.validate(text, speaker)[0]
-    seed = svc._seeds([sentence], speaker, None)[0]
-    return join_sentences([FakeEngine.expected(Utterance(sentence, speaker, seed=seed))], FakeEngine.sample_rate)
+    (item,) = svc.plan(text, speaker)
+    return join_sentences([FakeEngine.expected(item)], svc.engine.sample_rate)
 
 
 def test_no_cross_talk_with_32_concurrent_callers_real_engine(engine):
@@ -140,7 +139,7 @@ def test_settings_change_mid_load_applies_at_batch_boundary_and_loses_nothing():
         n_before = len(eng.batches)
         results = [f.result(10) for f in futures]
     assert applied.max_batch_size == 2 and applied.clear_cache
-    assert applied.fp16 is False and "FP16 is not available for the fake engine" in svc.note  # in force: what really runs
+    assert applied.fp16 is False and "FP16 is not available for the fake engine" in svc.health()["note"]  # in force: what really runs
     assert svc.settings == applied
     assert all(len(b) <= 2 for b in eng.batches[n_before:])
     for t, res in zip(texts, results):
@@ -162,8 +161,9 @@ def test_long_paragraph_comes_back_in_order():
     res = svc.submit(paragraph, "bob")
     assert len(res.sentences) == 12 and res.sentences[0].startswith("这是第一句话")
     assert res.sentences[-1].startswith("这是第十二句话")
-    seeds = svc._seeds(res.sentences, "bob", None)
-    pieces = [FakeEngine.expected(Utterance(s, "bob", seed=k)) for s, k in zip(res.sentences, seeds)]
+    items = svc.plan(paragraph, "bob")
+    assert [u.text for u in items] == res.sentences
+    pieces = [FakeEngine.expected(u) for u in items]
     np.testing.assert_array_equal(res.audio, join_sentences(pieces, 16000))
     assert res.timings.batches >= 3 and max(res.timings.batch_sizes) == 4
     svc.close()

@@ -1,13 +1,13 @@
 """Engine registry: builds an engine by name, importing only what that engine needs."""
 from __future__ import annotations
 
-from app.engines.base import NEUTRAL, Engine, Utterance
+from app.engines.base import NEUTRAL, EngineBase, Utterance
 from app.settings import EngineSettings
 
-__all__ = ["NEUTRAL", "Engine", "Utterance", "create_engine"]
+__all__ = ["NEUTRAL", "EngineBase", "Utterance", "create_engine"]
 
 
-def create_engine(settings: EngineSettings) -> Engine:
+def create_engine(settings: EngineSettings) -> EngineBase:
     """Build (not yet load) the engine named in settings."""
     if settings.name == "embedded":
         from app.engines.embedded.engine import EmbeddedEngine

@@ -1,12 +1,28 @@
-"""The engine interface every text-to-speech backend implements."""
+"""The one engine contract: every member the service, UI, CLI and profiler use, declared here with defaults.
+
+An engine is loaded once and then turns a batch of utterances into one float32 waveform each. `EngineBase`
+implements what is the same for every engine (device choice, precision and its FP16 fallback, the emotion rule,
+unload); an engine class fills in its model through the `_load_model`, `_cast`, `_release` hooks and `synthesize`.
+"""
 from __future__ import annotations
 
+import gc
+import sys
+import warnings
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import ClassVar, Sequence
 
 import numpy as np
 
+from app.errors import TTSInputError
+
 NEUTRAL = "neutral"
+WARMUP_TEXT = "你好，欢迎使用语音合成。"  # short, covers tones and punctuation: the service warms every voice with it
+
+# What an engine's emotions are, for the UI to say so honestly.
+EMOTIONS_TRAINED = "trained"  # the model was trained with emotion labels (Sambert's emotional voices)
+EMOTIONS_RULES = "rendered by prosody rules"  # rendered after the model by pitch/tempo/loudness rules
+EMOTIONS_NONE = "none"  # neutral only
 
 
 @dataclass(frozen=True)
@@ -15,51 +31,12 @@ class Utterance:
 
     text: str  # one sentence, already normalised by app.text
     speaker: str  # one of engine.speakers
-    emotion: str = NEUTRAL  # one of engine.emotions
+    emotion: str = NEUTRAL  # one of engine.emotions_for(speaker)
     seed: int = 0  # seeds this item's own random generator, so its audio never depends on its batch
 
 
-@runtime_checkable
-class Engine(Protocol):
-    """A loaded-once model that turns a batch of utterances into one float32 waveform each.
-
-    Engines trust their inputs: the service validates speaker, emotion and text before they arrive.
-    """
-
-    name: str  # short engine name used on the command line (embedded, sambert, modelscope)
-    sample_rate: int  # Hz of every waveform synthesize() returns
-    speakers: tuple[str, ...]  # display order: best voices first
-    emotions: tuple[str, ...]  # at least (NEUTRAL,)
-    default_speaker: str
-    max_batch_size: int  # largest batch the engine really computes at once (1 = no real batching)
-
-    @property
-    def device(self) -> str: ...  # "cpu", "cuda:0", ... once loaded
-
-    @property
-    def precision(self) -> str: ...  # what is in force, e.g. "fp16 (vocoder fp32)" or "fp32"
-
-    @property
-    def fp16_supported(self) -> bool: ...  # whether fp16 can really run on the loaded device
-
-    def load(self, device: str = "auto", fp16: bool = True) -> None:
-        """Load weights onto device ("auto" picks CUDA when present); FP16 without CUDA warns and uses FP32."""
-
-    def set_precision(self, fp16: bool) -> str:
-        """Recast the resident model in place; return the precision now in force."""
-
-    def synthesize(self, batch: Sequence[Utterance]) -> list[np.ndarray]:
-        """Run one batch; return one 1-D float32 waveform in [-1, 1] per utterance, in order."""
-
-    def speakable(self, text: str) -> bool:
-        """Whether a normalised sentence has anything this engine can pronounce."""
-
-    def unload(self) -> None:
-        """Free the model and its device memory."""
-
-
 def resolve_device(device: str) -> str:
-    """Map "auto" to "cuda" when CUDA is visible, else "cpu"; check an explicit CUDA request."""
+    """Map "auto" to "cuda:0" when CUDA is visible, else "cpu"; refuse an explicit CUDA request without CUDA."""
     import torch
 
     if device == "auto":
@@ -69,3 +46,126 @@ def resolve_device(device: str) -> str:
     if device == "cuda":
         return "cuda:0"
     return device
+
+
+class EngineBase:
+    """Base of every engine. Engines trust their inputs: the service calls `check()` before anything is queued."""
+
+    name: ClassVar[str] = "engine"  # short name used on the command line (embedded, sambert, modelscope)
+    max_batch_size: ClassVar[int] = 1  # largest batch the engine really computes at once (1 = no real batching)
+    fp16_capable: ClassVar[bool] = True  # whether the model can run FP16 at all (on CUDA)
+    fp16_label: ClassVar[str] = "fp16"  # how FP16 is described when in force, e.g. "fp16 (vocoder fp32)"
+    fp32_label: ClassVar[str] = "fp32"  # how FP32 is described when in force
+    emotion_kind: ClassVar[str] = EMOTIONS_NONE  # EMOTIONS_TRAINED, EMOTIONS_RULES or EMOTIONS_NONE
+
+    def __init__(self) -> None:
+        self.sample_rate: int = 16000  # Hz of every waveform synthesize() returns
+        self.speakers: tuple[str, ...] = ()  # display order: best voices first
+        self.emotions: tuple[str, ...] = (NEUTRAL,)  # union over speakers, neutral first
+        self.default_speaker: str = ""
+        self.experimental_speakers: frozenset[str] = frozenset()  # voices the UI labels as unreliable
+        self._device = "cpu"
+        self._fp16 = False
+        self._notes: dict[str, str] = {}  # topic -> a visible remark (why FP16 is off, what a voice lacks)
+
+    # --- what callers read -------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """"cpu", "cuda:0", ... once loaded."""
+        return self._device
+
+    @property
+    def fp16_supported(self) -> bool:
+        """Whether FP16 can really run on the loaded device."""
+        return self.fp16_capable and self._device.startswith("cuda")
+
+    @property
+    def fp16(self) -> bool:
+        """Whether FP16 is in force now."""
+        return self._fp16
+
+    @property
+    def precision(self) -> str:
+        """What is in force, e.g. "fp16 (vocoder fp32)" or "fp32"."""
+        return self.fp16_label if self._fp16 else self.fp32_label
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Remarks the UI and /health show about this engine's limits, in the order they arose."""
+        return tuple(self._notes.values())
+
+    def note(self, topic: str, text: str | None) -> None:
+        """Set (or with None clear) the visible remark on topic."""
+        if text is None:
+            self._notes.pop(topic, None)
+        else:
+            self._notes[topic] = text
+
+    @property
+    def loaded(self) -> bool:
+        """Whether load() has put a model in memory."""
+        return False
+
+    def emotions_for(self, speaker: str) -> tuple[str, ...]:
+        """The emotions this speaker has (engine.emotions is the union over speakers)."""
+        return self.emotions
+
+    def check(self, speaker: str, emotion: str) -> None:
+        """Refuse, naming the values, an unknown speaker or an emotion this speaker does not have."""
+        if speaker not in self.speakers:
+            raise TTSInputError(f"unknown speaker {speaker!r}; choose one of: {', '.join(self.speakers)}")
+        if emotion not in self.emotions:
+            raise TTSInputError(
+                f"unknown emotion {emotion!r} for engine {self.name}; choose one of: {', '.join(self.emotions)}")
+        offered = self.emotions_for(speaker)
+        if emotion not in offered:
+            raise TTSInputError(f"speaker {speaker!r} has no emotion {emotion!r}; choose one of: {', '.join(offered)}")
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def load(self, device: str = "auto", fp16: bool = True) -> None:
+        """Load weights onto device ("auto" picks CUDA when present), then set the precision."""
+        self._device = resolve_device(device)
+        self._load_model()
+        self.set_precision(fp16)
+
+    def set_precision(self, fp16: bool) -> str:
+        """Recast the resident model in place; FP16 where it cannot run stays FP32 with a warning and a note."""
+        if fp16 and not self.fp16_supported:
+            why = f"FP16 needs CUDA; running FP32 on {self._device}" if self.fp16_capable else (
+                f"FP16 is not available for the {self.name} engine; running {self.fp32_label}")
+            self.note("precision", why)
+            warnings.warn(why, RuntimeWarning, stacklevel=2)
+            fp16 = False
+        else:
+            self.note("precision", None)
+        if self.loaded:
+            self._cast(fp16)
+        self._fp16 = fp16
+        return self.precision
+
+    def unload(self) -> None:
+        """Free the model and its device memory."""
+        self._release()
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # --- what an engine implements -----------------------------------------------------------------
+    def speakable(self, text: str) -> bool:
+        """Whether a normalised sentence has anything this engine can pronounce."""
+        return any(ch.isalnum() for ch in text)
+
+    def synthesize(self, batch: Sequence[Utterance]) -> list[np.ndarray]:
+        """Run one batch; return one 1-D float32 waveform in [-1, 1] per utterance, in order."""
+        raise NotImplementedError
+
+    def _load_model(self) -> None:
+        """Read the weights onto self.device (self.device is already resolved)."""
+        raise NotImplementedError
+
+    def _cast(self, fp16: bool) -> None:
+        """Cast the resident model to FP16 or FP32 in place (only called when FP16 can really run)."""
+
+    def _release(self) -> None:
+        """Drop the model's references so its memory can be freed."""

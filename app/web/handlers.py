@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from app.audio import SENTENCE_PAUSE_S, float_to_int16, silence
+from app.engines.base import EngineBase
 from app.errors import QueueFullError, SynthesisError, TTSInputError
 from app.service import TTSService
 from profiling import plots
@@ -22,16 +23,14 @@ PANEL_WINDOW_S = 120.0  # the live plots show the last two minutes
 STREAMING = shutil.which("ffmpeg") is not None  # Gradio encodes streamed audio with ffmpeg
 
 
-def speaker_choices(engine) -> list[tuple[str, str]]:
+def speaker_choices(engine: EngineBase) -> list[tuple[str, str]]:
     """(label, value) pairs: best voices first, poor ones labelled experimental."""
-    experimental = getattr(engine, "experimental_speakers", frozenset())
-    return [(f"{s} (experimental)" if s in experimental else s, s) for s in engine.speakers]
+    return [(f"{s} (experimental)" if s in engine.experimental_speakers else s, s) for s in engine.speakers]
 
 
-def emotion_choices(engine, speaker: str) -> list[str]:
-    """The emotions this speaker really has (engines whose voices differ expose emotions_for)."""
-    per_speaker = getattr(engine, "emotions_for", None)
-    return list(per_speaker(speaker) if per_speaker is not None else engine.emotions) or list(engine.emotions)
+def emotion_choices(engine: EngineBase, speaker: str) -> list[str]:
+    """The emotions this speaker really has."""
+    return list(engine.emotions_for(speaker)) or list(engine.emotions)
 
 
 class Handlers:
@@ -95,7 +94,7 @@ class Handlers:
             f"max wait {s['max_wait_ms']:.0f} ms, cache clearing {'on' if s['clear_cache'] else 'off'} · "
             f"queue {h['queue_depth']}/{h['queue_capacity']} · {h['batches_run']} batches, {h['items_failed']} failed"
         )
-        notes = [n for n in (h["note"], self.monitor.note, *getattr(self.service.engine, "notes", ())) if n]
+        notes = [n for n in (*self.service.engine.notes, self.monitor.note) if n]
         return line + "".join(f"  \n_{n}_" for n in notes)
 
     def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool) -> str:

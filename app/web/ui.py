@@ -91,7 +91,6 @@ def build_ui(service: TTSService, monitor: Monitor) -> gr.Blocks:
         timer.tick(h.panel, None, [memory_plot, util_plot, batch_plot, status], queue=False, show_progress="hidden", api_visibility="private")
         demo.load(h.panel, None, [memory_plot, util_plot, batch_plot, status], queue=False, show_progress="hidden", api_visibility="private")
     demo.queue(max_size=service.serve.queue_size, default_concurrency_limit=8)
-    demo.tts_service = service  # for /health
     return demo
 
 
@@ -104,8 +103,9 @@ def _add_health_route(demo: gr.Blocks, service: TTSService) -> None:
     routes.insert(0, routes.pop())  # before Gradio's catch-all routes
 
 
-def launch_ui(demo: gr.Blocks, serve: ServeSettings, block: bool = True) -> str:
+def launch_ui(demo: gr.Blocks, service: TTSService, block: bool = True) -> str:
     """Start the server (and a share link if asked); return the local URL. Share failures keep serving locally."""
+    serve = service.serve
     if serve.share and serve.auth is None:
         print("WARNING: --share without --auth makes this app, and your GPU, usable by anyone with the link. "
               "Add --auth USER:PASSWORD.", file=sys.stderr)
@@ -113,7 +113,7 @@ def launch_ui(demo: gr.Blocks, serve: ServeSettings, block: bool = True) -> str:
         server_name=serve.host, server_port=serve.port, share=serve.share, auth=serve.auth, prevent_thread_lock=True,
         max_threads=max(40, serve.queue_size + 8), show_error=True, quiet=True,
     )
-    _add_health_route(demo, demo.tts_service)
+    _add_health_route(demo, service)
     print(f"Running on {local_url}  (health: {local_url.rstrip('/')}/health)")
     if serve.share:
         if share_url:

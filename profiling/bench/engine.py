@@ -14,36 +14,17 @@ import time
 
 import pandas as pd
 
-from profiling.loadgen import WORKLOAD_FILE, load_workload
-
-
-def sentences_of(texts: list[str]) -> list[str]:
-    """The normalised sentences the service would send to the engine for these texts."""
-    from app import text as textproc
-
-    return [s for t in texts for s in textproc.split_sentences(textproc.normalize(t))]
-
-
-def precomputed_frontend(path: str):
-    """A frontend reading symbol ids exported by --export-symbols (no phkit needed)."""
-    table = json.loads(open(path, encoding="utf8").read())
-
-    def frontend(text: str) -> list[int]:
-        if text not in table:
-            raise KeyError(f"{text!r} is not in {path}; export it with --export-symbols on a machine with phkit")
-        return table[text]
-
-    return frontend
+from profiling.loadgen import WORKLOAD_FILE, load_workload, workload_sentences
 
 
 def export_symbols(path: str, texts: list[str]) -> None:
-    from app.engines.embedded.engine import _text_to_ids
-    from app.service import WARMUP_TEXT
+    """Symbol ids for the workload, the warm-up and the streaming paragraph, for a machine without phkit."""
+    from app.engines.base import WARMUP_TEXT
+    from app.engines.embedded.frontend import export_ids
+    from profiling.bench.service import PARAGRAPH
 
-    extra = ["预热", "你好", WARMUP_TEXT, "这是一段用来测试流式合成的长文本。它有好几句话，每一句都不太长。第一句先出来，后面的句子再慢慢跟上。这样用户可以更早听到声音。"]
-    wanted = sorted(set(sentences_of(texts + extra)) | {"预热"})
-    json.dump({s: list(_text_to_ids(s)) for s in wanted}, open(path, "w", encoding="utf8"), ensure_ascii=False)
-    print(f"wrote {len(wanted)} sentences' symbol ids to {path}")
+    n = export_ids(path, workload_sentences(texts + ["预热", "你好", WARMUP_TEXT, PARAGRAPH]))
+    print(f"wrote {n} sentences' symbol ids to {path}")
 
 
 def peak_rss_mib() -> float:
@@ -69,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.engines.base import Utterance
     from app.engines.embedded.engine import EmbeddedEngine
+    from app.engines.embedded.frontend import precomputed_frontend
 
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -77,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = EmbeddedEngine(frontend=frontend)
     engine.load(args.device, fp16=False)
     load_s = time.monotonic() - t0
-    sentences = sentences_of(texts)
+    sentences = workload_sentences(texts)
     utts = [Utterance(s, engine.default_speaker, seed=i) for i, s in enumerate(sentences)]
     rows = []
     for precision in args.precision.split(","):

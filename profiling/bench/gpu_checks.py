@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from profiling.bench.engine import precomputed_frontend, sentences_of
-from profiling.loadgen import load_workload
+from app.engines.embedded.frontend import precomputed_frontend
+from profiling.loadgen import load_workload, workload_sentences
 
 failures: list[str] = []
 CAP_MIB = 300  # allocator headroom for the out-of-memory check
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = EmbeddedEngine(frontend=precomputed_frontend(args.symbols) if args.symbols else None)
     engine.load(args.device, fp16=False)
-    sentences = sentences_of(load_workload())[:8]
+    sentences = workload_sentences(load_workload())[:8]
     utts = [Utterance(s, sp, seed=i) for i, (s, sp) in enumerate(zip(sentences, ["Aijia", "biaobei", "Xiaoxue", "Aina"] * 2))]
 
     # batched == one at a time, FP32 on the GPU
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the service on the GPU: 32 concurrent callers, no cross-talk, batches formed, FP16 switched mid-load
     svc = TTSService(engine, BatchSettings(fp16=False, max_batch_size=8, max_wait_ms=30), ServeSettings()).start(warmup=True)
-    jobs = [(s, sp) for s in sentences_of(load_workload())[:16] for sp in ("Aijia", "Xiaoxue")]
+    jobs = [(s, sp) for s in workload_sentences(load_workload())[:16] for sp in ("Aijia", "Xiaoxue")]
     ref = {j: svc.submit(*j).audio for j in jobs}
     barrier = threading.Barrier(len(jobs))
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.cuda.set_per_process_memory_fraction(cap_bytes / torch.cuda.get_device_properties(0).total_memory)
     failed_before = sum(not b.ok for b in svc.batch_log)
     svc.apply_settings(max_batch_size=32, clear_cache=True)
-    long_texts = [s for s in sentences_of(load_workload()) if len(s) > 15][:8] * 4
+    long_texts = [s for s in workload_sentences(load_workload()) if len(s) > 15][:8] * 4
     outcomes = []
     with ThreadPoolExecutor(32) as pool:
         for f in [pool.submit(svc.submit, t, "Aijia", "neutral", i) for i, t in enumerate(long_texts)]:

@@ -12,7 +12,6 @@ import time
 
 import pandas as pd
 
-from profiling.bench.engine import precomputed_frontend
 from profiling.loadgen import WORKLOAD_FILE, load_workload, run_load, service_caller, summarize
 
 PARAGRAPH = "这是一段用来测试流式合成的长文本。它有好几句话，每一句都不太长。第一句先出来，后面的句子再慢慢跟上。这样用户可以更早听到声音。"
@@ -33,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from app.engines.embedded.engine import EmbeddedEngine
+    from app.engines.embedded.frontend import precomputed_frontend
     from app.service import TTSService
     from app.settings import BatchSettings, ServeSettings
 

@@ -38,7 +38,7 @@ def fold_batchnorm(conv: dict[str, torch.Tensor], bn: dict[str, torch.Tensor], e
 
 
 @dataclass(frozen=True)
-class AcousticConfig:
+class TacotronConfig:
     """Shapes of ttskit's mspk model (from its hparams JSON)."""
 
     n_symbols: int = 145
@@ -57,7 +57,7 @@ class AcousticConfig:
     postnet_convs: int = 5
 
     @classmethod
-    def from_hparams(cls, hp: dict) -> "AcousticConfig":
+    def from_hparams(cls, hp: dict) -> "TacotronConfig":
         return cls(
             n_symbols=hp["n_symbols"], embedding_dim=hp["symbols_embedding_dim"], encoder_kernel=hp["encoder_kernel_size"],
             encoder_convs=hp["encoder_n_convolutions"], speaker_dim=hp["speaker_embedding_dim"],
@@ -77,10 +77,10 @@ def masked_conv_stack(x: torch.Tensor, convs: nn.ModuleList, keep: torch.Tensor,
     return x * keep
 
 
-class Acoustic(nn.Module):
+class Tacotron(nn.Module):
     """Embedding + conv/BiLSTM encoder, location-sensitive attention decoder, conv postnet."""
 
-    def __init__(self, cfg: AcousticConfig) -> None:
+    def __init__(self, cfg: TacotronConfig) -> None:
         super().__init__()
         self.cfg = cfg
         memory_dim = cfg.embedding_dim + cfg.speaker_dim

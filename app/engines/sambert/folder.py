@@ -264,6 +264,26 @@ def _sample_rate(source: _Source, vdir: str, vocoder: VocoderConfig) -> int:
     return rate
 
 
+def _voice_names(source: _Source) -> tuple[str, ...]:
+    if source.zip is None and not (source.root / "voices" / "voices.json").is_file():
+        raise ModelFolderError(f"{source.root} has neither voices/voices.json nor voices.zip: not a Sambert-HifiGan folder")
+    listing = _parse(source, "voices/voices.json", "json")
+    names = listing.get("voices") if isinstance(listing, Mapping) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ModelFolderError(f"{source.describe('voices/voices.json')} must hold a non-empty list under 'voices'")
+    return tuple(names)
+
+
+def read_voice_names(path: str | Path, missing_ok: bool = False) -> tuple[str, ...]:
+    """The voices voices.json lists (on disk or in voices.zip), in order; () for an unreadable folder if missing_ok."""
+    try:
+        return _voice_names(_Source(Path(path).expanduser()))
+    except ModelFolderError:
+        if missing_ok:
+            return ()
+        raise
+
+
 def load_model_folder(path: str | Path) -> ModelFolder:
     """Read every voice of a folder; raises ModelFolderError naming the missing or malformed file."""
     root = Path(path).expanduser()
@@ -277,12 +297,7 @@ def load_model_folder(path: str | Path) -> ModelFolder:
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ModelFolderError(f"{config_path} is not valid JSON: {err}") from None
     source = _Source(root)
-    if source.zip is None and not (root / "voices" / "voices.json").is_file():
-        raise ModelFolderError(f"{root} has neither voices/voices.json nor voices.zip: not a Sambert-HifiGan folder")
-    listing = _parse(source, "voices/voices.json", "json")
-    names = listing.get("voices") if isinstance(listing, Mapping) else None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ModelFolderError(f"{source.describe('voices/voices.json')} must hold a non-empty list under 'voices'")
+    names = _voice_names(source)
     voices = {name: _voice(source, name, root_config) for name in names}
     layout = "current" if all(source.exists(f"voices/{n}/am/ckpt") for n in names) else "legacy"
     return ModelFolder(path=root, layout=layout, voices=voices)
