@@ -4,6 +4,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ENGINE_NAMES = ("embedded", "sambert", "modelscope")
+SPEED_RANGE = (0.5, 2.0)  # tempo factor of a request: 2.0 is twice as fast
+PITCH_RANGE_ST = (-6.0, 6.0)  # pitch shift of a request, semitones
+VOLUME_RANGE_DB = (-12.0, 6.0)  # loudness change of a request, dB
+
+
+def check_controls(speed: float, pitch: float, volume: float) -> None:
+    """Refuse a request's speed/pitch/volume outside its range with a TTSInputError naming the value and the range."""
+    from app.errors import TTSInputError
+
+    for name, value, (lo, hi), unit in (("speed", speed, SPEED_RANGE, "x"), ("pitch", pitch, PITCH_RANGE_ST, " semitones"),
+                                        ("volume", volume, VOLUME_RANGE_DB, " dB")):
+        if not isinstance(value, (int, float)) or not lo <= value <= hi:  # NaN fails both comparisons
+            raise TTSInputError(f"{name}={value!r} is outside {lo:g} to {hi:g}{unit}")
 
 
 @dataclass(frozen=True)

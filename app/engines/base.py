@@ -33,6 +33,14 @@ class Utterance:
     speaker: str  # one of engine.speakers
     emotion: str = NEUTRAL  # one of engine.emotions_for(speaker)
     seed: int = 0  # seeds this item's own random generator, so its audio never depends on its batch
+    speed: float = 1.0  # tempo factor: 2.0 speaks twice as fast (app.settings.SPEED_RANGE)
+    pitch: float = 0.0  # semitones up (+) or down (-) (app.settings.PITCH_RANGE_ST)
+    volume: float = 0.0  # loudness change in dB (app.settings.VOLUME_RANGE_DB)
+
+    @property
+    def default_controls(self) -> bool:
+        """Whether speed, pitch and volume are all at their defaults."""
+        return self.speed == 1.0 and self.pitch == 0.0 and self.volume == 0.0
 
 
 def resolve_device(device: str) -> str:
