@@ -20,7 +20,11 @@ from profiling.loadgen import load_workload
 from profiling.monitor import Monitor
 
 PANEL_WINDOW_S = 120.0  # the live plots show the last two minutes
-STREAMING = shutil.which("ffmpeg") is not None  # Gradio encodes streamed audio with ffmpeg
+
+
+def ffmpeg_available() -> bool:
+    """Gradio encodes streamed audio with ffmpeg; without it the page answers once, whole."""
+    return shutil.which("ffmpeg") is not None
 
 
 def speaker_choices(engine: EngineBase) -> list[tuple[str, str]]:
@@ -36,16 +40,17 @@ def emotion_choices(engine: EngineBase, speaker: str) -> list[str]:
 class Handlers:
     """Everything the page does, as functions the UI wires to components."""
 
-    def __init__(self, service: TTSService, monitor: Monitor, workload: list[str] | None = None) -> None:
+    def __init__(self, service: TTSService, monitor: Monitor, workload: list[str] | None = None, streaming: bool = False) -> None:
         self.service = service
         self.monitor = monitor
+        self.streaming = streaming  # stream sentence by sentence (the page's audio player needs ffmpeg for it)
         self.workload = workload or load_workload()
 
     # --- speech ------------------------------------------------------------------------------------
     def speak(self, text: str, speaker: str, emotion: str) -> Iterator[tuple[tuple[int, np.ndarray] | None, str]]:
         """Stream sentence by sentence (ffmpeg present) or answer once; yields (audio, timing line)."""
         try:
-            if not STREAMING:
+            if not self.streaming:
                 result = self.service.submit(text, speaker, emotion)
                 yield (result.sample_rate, float_to_int16(result.audio)), result.timings.summary()
                 return

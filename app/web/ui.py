@@ -1,17 +1,15 @@
 """gr.Blocks wiring: main column (text, speaker, emotion, audio) and the profiler side panel."""
 from __future__ import annotations
 
-import logging
 import sys
 
 import gradio as gr
 
-from app.web.handlers import STREAMING, Handlers, emotion_choices, speaker_choices
+from app.web.handlers import Handlers, emotion_choices, ffmpeg_available, speaker_choices
 from app.service import TTSService
 from app.settings import ServeSettings
 from profiling.monitor import Monitor
 
-log = logging.getLogger(__name__)
 
 PANEL_REFRESH_S = 1.0
 EXAMPLES = [
@@ -22,76 +20,95 @@ EXAMPLES = [
 COUNTER_JS = "(t) => `${[...(t || '')].length} / MAX characters`"
 
 
-def build_ui(service: TTSService, monitor: Monitor) -> gr.Blocks:
-    """Build the page; handlers live in app.handlers."""
-    h = Handlers(service, monitor)
-    engine, max_chars = service.engine, service.serve.max_chars
-    settings = service.settings
-    emotions = emotion_choices(engine, engine.default_speaker)
-    single_emotion = len(engine.emotions) == 1
+def build_ui(service: TTSService, monitor: Monitor, streaming: bool | None = None) -> gr.Blocks:
+    """Build the page: the speech column and the profiler side panel; handlers live in app.web.handlers.
+
+    streaming: stream audio sentence by sentence (needs ffmpeg); None decides by whether ffmpeg is installed.
+    """
+    h = Handlers(service, monitor, streaming=ffmpeg_available() if streaming is None else streaming)
+    engine = service.engine
     with gr.Blocks(title="Chinese TTS with a GPU profiler") as demo:
-        gr.Markdown(f"## 中文语音合成 · Chinese text-to-speech with a live GPU profiler\nEngine **{engine.name}** · {engine.sample_rate} Hz · "
-                    f"one resident model, dynamic batching across all users.")
+        gr.Markdown(f"## 中文语音合成 · Chinese text-to-speech with a live GPU profiler\nEngine **{engine.name}** · "
+                    f"{engine.sample_rate} Hz · one resident model, dynamic batching across all users.")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=360):
-                text = gr.Textbox(label="Text", lines=6, max_length=max_chars, placeholder="输入中文文本……", elem_id="tts-text")
-                counter = gr.Markdown(f"0 / {max_chars} characters", elem_id="char-counter")
-                with gr.Row():
-                    speaker = gr.Dropdown(speaker_choices(engine), value=engine.default_speaker, label="Speaker", elem_id="speaker")
-                    emotion = gr.Dropdown(
-                        emotions, value=emotions[0], label="Emotion", interactive=len(emotions) > 1,
-                        info="this engine has a single emotion: neutral" if single_emotion else None, elem_id="emotion",
-                    )
-                speak = gr.Button("Synthesize", variant="primary", elem_id="synthesize")
-                audio = gr.Audio(label="Speech", streaming=STREAMING, autoplay=True, interactive=False, elem_id="speech")
-                timing = gr.Markdown(elem_id="timing")
-                if not STREAMING:
-                    gr.Markdown("_ffmpeg not found: audio plays once the whole text is done (install ffmpeg to stream sentence by sentence)._")
-                gr.Examples(EXAMPLES, inputs=text)
-                with gr.Row(visible=False):  # the /synthesize API endpoint: whole text -> one WAV
-                    api_audio = gr.Audio(type="numpy", format="wav")
-                    api_button = gr.Button()
+                _speech_column(h)
             with gr.Column(scale=2, min_width=340, elem_id="side-panel"):
                 status = gr.Markdown(h.status(), elem_id="status")
                 with gr.Tabs():
                     with gr.Tab("Live"):
-                        memory_plot = gr.Plot(label="Memory", elem_id="memory-plot")
-                        util_plot = gr.Plot(label="Utilization")
-                        batch_plot = gr.Plot(label="Batches")
-                        with gr.Group():
-                            fp16 = gr.Checkbox(value=settings.fp16, label="FP16 (CUDA only)", interactive=engine.fp16_supported)
-                            batch = gr.Slider(1, min(64, engine.max_batch_size), value=settings.max_batch_size, step=1, label="Max batch size")
-                            wait = gr.Slider(0, 200, value=settings.max_wait_ms, step=1, label="Max wait (ms)")
-                            clear = gr.Checkbox(value=settings.clear_cache, label="Clear CUDA cache after each batch")
+                        plots = _live_tab(h, status)
                     with gr.Tab("Compare"):
-                        gr.Markdown("Runs the shipped workload under each setting on this resident service (other traffic skews it).")
-                        grid_fp16 = gr.CheckboxGroup(["on", "off"], value=["on", "off"] if engine.fp16_supported else ["off"], label="FP16")
-                        grid_batch = gr.CheckboxGroup(["1", "2", "4", "8", "16", "32"], value=["1", "4", "8"], label="Max batch size")
-                        grid_clear = gr.CheckboxGroup(["off", "on"], value=["off"], label="Cache clearing")
-                        with gr.Row():
-                            concurrency = gr.Slider(1, 32, value=8, step=1, label="Concurrency")
-                            repeats = gr.Slider(1, 5, value=1, step=1, label="Repeats")
-                            n_texts = gr.Slider(1, len(h.workload), value=len(h.workload), step=1, label="Texts")
-                        run = gr.Button("Run comparison", elem_id="run-compare")
-                        table = gr.Dataframe(label="Results", interactive=False)
-                        lat_plot, thr_plot, mem_plot = gr.Plot(), gr.Plot(), gr.Plot()
-                        csv = gr.File(label="CSV")
-        speaker.change(h.emotions, [speaker, emotion], emotion, queue=False, api_visibility="private")
-        text.change(None, text, counter, js=COUNTER_JS.replace("MAX", str(max_chars)), queue=False)
-        speak.click(h.speak, [text, speaker, emotion], [audio, timing], api_name="synthesize_stream", concurrency_limit=service.serve.queue_size)
-        api_button.click(h.synthesize, [text, speaker, emotion], api_audio, api_name="synthesize", concurrency_limit=service.serve.queue_size)
-        controls = [fp16, batch, wait, clear]
-        for control in (fp16, clear):
-            control.input(h.apply_settings, controls, status, concurrency_id="settings", concurrency_limit=1, api_visibility="private")
-        for control in (batch, wait):
-            control.release(h.apply_settings, controls, status, concurrency_id="settings", concurrency_limit=1, api_visibility="private")
-        run.click(h.compare, [grid_fp16, grid_batch, grid_clear, concurrency, repeats, n_texts], [table, lat_plot, thr_plot, mem_plot, csv],
-                  concurrency_limit=1, api_visibility="private")
+                        _compare_tab(h)
         timer = gr.Timer(PANEL_REFRESH_S)
-        timer.tick(h.panel, None, [memory_plot, util_plot, batch_plot, status], queue=False, show_progress="hidden", api_visibility="private")
-        demo.load(h.panel, None, [memory_plot, util_plot, batch_plot, status], queue=False, show_progress="hidden", api_visibility="private")
+        for event in (timer.tick, demo.load):
+            event(h.panel, None, [*plots, status], queue=False, show_progress="hidden", api_visibility="private")
     demo.queue(max_size=service.serve.queue_size, default_concurrency_limit=8)
     return demo
+
+
+def _speech_column(h: Handlers) -> None:
+    """Text, speaker, emotion, the player and the public /synthesize API."""
+    engine, max_chars, limit = h.service.engine, h.service.serve.max_chars, h.service.serve.queue_size
+    emotions = emotion_choices(engine, engine.default_speaker)
+    text = gr.Textbox(label="Text", lines=6, max_length=max_chars, placeholder="输入中文文本……", elem_id="tts-text")
+    counter = gr.Markdown(f"0 / {max_chars} characters", elem_id="char-counter")
+    with gr.Row():
+        speaker = gr.Dropdown(speaker_choices(engine), value=engine.default_speaker, label="Speaker", elem_id="speaker")
+        emotion = gr.Dropdown(
+            emotions, value=emotions[0], label="Emotion", interactive=len(emotions) > 1,
+            info="this engine has a single emotion: neutral" if len(engine.emotions) == 1 else None, elem_id="emotion",
+        )
+    speak = gr.Button("Synthesize", variant="primary", elem_id="synthesize")
+    audio = gr.Audio(label="Speech", streaming=h.streaming, autoplay=True, interactive=False, elem_id="speech")
+    timing = gr.Markdown(elem_id="timing")
+    if not h.streaming:
+        gr.Markdown("_ffmpeg not found: audio plays once the whole text is done (install ffmpeg to stream sentence by sentence)._")
+    gr.Examples(EXAMPLES, inputs=text)
+    with gr.Row(visible=False):  # the /synthesize API endpoint: whole text -> one WAV
+        api_audio = gr.Audio(type="numpy", format="wav")
+        api_button = gr.Button()
+    speaker.change(h.emotions, [speaker, emotion], emotion, queue=False, api_visibility="private")
+    text.change(None, text, counter, js=COUNTER_JS.replace("MAX", str(max_chars)), queue=False)
+    speak.click(h.speak, [text, speaker, emotion], [audio, timing], api_name="synthesize_stream", concurrency_limit=limit)
+    api_button.click(h.synthesize, [text, speaker, emotion], api_audio, api_name="synthesize", concurrency_limit=limit)
+
+
+def _live_tab(h: Handlers, status: gr.Markdown) -> list[gr.Plot]:
+    """Live plots and the live settings; returns the plots the panel timer refreshes."""
+    engine, settings = h.service.engine, h.service.settings
+    plots = [gr.Plot(label="Memory", elem_id="memory-plot"), gr.Plot(label="Utilization"), gr.Plot(label="Batches")]
+    with gr.Group():
+        fp16 = gr.Checkbox(value=settings.fp16, label="FP16 (CUDA only)", interactive=engine.fp16_supported)
+        batch = gr.Slider(1, min(64, engine.max_batch_size), value=settings.max_batch_size, step=1, label="Max batch size")
+        wait = gr.Slider(0, 200, value=settings.max_wait_ms, step=1, label="Max wait (ms)")
+        clear = gr.Checkbox(value=settings.clear_cache, label="Clear CUDA cache after each batch")
+    controls = [fp16, batch, wait, clear]
+    wiring = dict(concurrency_id="settings", concurrency_limit=1, api_visibility="private")
+    for control in (fp16, clear):
+        control.input(h.apply_settings, controls, status, **wiring)
+    for control in (batch, wait):
+        control.release(h.apply_settings, controls, status, **wiring)
+    return plots
+
+
+def _compare_tab(h: Handlers) -> None:
+    """The settings grid, its run button, and the results as a table, charts and a CSV file."""
+    gr.Markdown("Runs the shipped workload under each setting on this resident service (other traffic skews it).")
+    on_off = ["on", "off"] if h.service.engine.fp16_supported else ["off"]
+    grid_fp16 = gr.CheckboxGroup(["on", "off"], value=on_off, label="FP16")
+    grid_batch = gr.CheckboxGroup(["1", "2", "4", "8", "16", "32"], value=["1", "4", "8"], label="Max batch size")
+    grid_clear = gr.CheckboxGroup(["off", "on"], value=["off"], label="Cache clearing")
+    with gr.Row():
+        concurrency = gr.Slider(1, 32, value=8, step=1, label="Concurrency")
+        repeats = gr.Slider(1, 5, value=1, step=1, label="Repeats")
+        n_texts = gr.Slider(1, len(h.workload), value=len(h.workload), step=1, label="Texts")
+    run = gr.Button("Run comparison", elem_id="run-compare")
+    table = gr.Dataframe(label="Results", interactive=False)
+    lat_plot, thr_plot, mem_plot = gr.Plot(), gr.Plot(), gr.Plot()
+    csv = gr.File(label="CSV")
+    run.click(h.compare, [grid_fp16, grid_batch, grid_clear, concurrency, repeats, n_texts],
+              [table, lat_plot, thr_plot, mem_plot, csv], concurrency_limit=1, api_visibility="private")
 
 
 def _add_health_route(demo: gr.Blocks, service: TTSService) -> None:
