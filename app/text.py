@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-DEFAULT_MAX_CHARS = 40  # characters per engine call; see count_chars() for what counts
+DEFAULT_MAX_CHARS = 40  # characters of normalised text per engine call (a spelt letter with its space costs two)
 MAX_NUMBER_DIGITS = 16  # integer digits read as a number (up to 9999万亿); longer runs are read digit by digit
 PHONE_ONE = "幺"  # how 1 is read inside phone numbers; set to "一" for the plain reading
 
@@ -54,6 +54,7 @@ _UNITS = {
 _UNIT_ALT = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
 _CURRENCY = {"US$": "美元", "HK$": "港元", "$": "美元", "¥": "元", "€": "欧元", "£": "英镑"}
 _CURRENCY_ALT = "|".join(re.escape(c) for c in sorted(_CURRENCY, key=len, reverse=True))
+_CURRENCY_WORDS = ("美元", "港元", "欧元", "英镑", "日元", "元", "块")  # written after an amount
 _PER_UNITS = ("公里|公斤|千克|小时|分钟|平方米|千瓦时|斤|个|次|天|人|件|年|月|周|秒|克|米|升|台|张|只|条|本|"
               "袋|箱|瓶|盒|包|份|杯|碗|间|晚|位|吨|度|亩")
 
@@ -143,6 +144,8 @@ def _minus(m: re.Match) -> str:
 # Passes over the text, in order; each turns one kind of written number into words.
 
 def _dates(text: str) -> str:
+    # A dash or tilde between two dates is a range, not a minus: 4月1日-4月3日, 3月5日~7日, 2023年-2024年.
+    text = re.sub(r"(?<=[年月日号])\s*(?:-|~|～|–|—)\s*(?=\d{1,4}\s*[年月日号])", "到", text)
     def ymd(m: re.Match) -> str:
         year, month, day = m.group(1), int(m.group(3)), int(m.group(4))
         if not (1 <= month <= 12 and 1 <= day <= 31):
@@ -165,7 +168,13 @@ def _phones(text: str) -> str:
     def read(m: re.Match) -> str:
         return "".join(_digits(g, PHONE_ONE) for g in m.groups() if g)
 
-    text = re.sub(r"(?<![\d.])(?:\+?86[-\s]?)?(1[3-9]\d)[-\s]?(\d{4})[-\s]?(\d{4})(?!\d)", read, text)
+    def international(m: re.Match) -> str:  # +86 138 0000 0000 -> 加八六幺三八零零零零零零零零: the code is said
+        return "加" + "".join(_digits(g, PHONE_ONE) for g in re.findall(r"\d+", m.group(0)))
+
+    text = re.sub(r"(?<![\d.])\+?86[-\s]?(?=1[3-9]\d[-\s]?\d{4}[-\s]?\d{4}(?!\d))",
+                  lambda m: ("加" if m.group(0).startswith("+") else "") + "八六", text)
+    text = re.sub(r"(?<![\d.\w])\+\d{1,3}(?:[-\s]\d{1,4}){2,5}(?![\d.])", international, text)
+    text = re.sub(r"(?<![\d.])(1[3-9]\d)[-\s]?(\d{4})[-\s]?(\d{4})(?!\d)", read, text)
     text = re.sub(r"(?<![\d.])([48]00)-(\d{3})-(\d{4})(?!\d)", read, text)
     return re.sub(r"(?<![\d.])(0\d{2,3})-(\d{7,8})(?!\d)", read, text)
 
@@ -211,10 +220,15 @@ def _percents(text: str) -> str:
 def _currency(text: str) -> str:
     def money(m: re.Match) -> str:
         words = _read_num(m.group("num"), liang=True, money=True) + (m.group("mag") or "")
-        return _minus(m) + words + _CURRENCY[m.group("cur")]
+        unit = _CURRENCY[m.group("cur")]
+        written_after = m.string[m.end():].lstrip().startswith(_CURRENCY_WORDS)  # ￥12.50元: the unit is said once
+        return _minus(m) + words + ("" if written_after else unit)
 
-    return re.sub(r"(?P<cur>" + _CURRENCY_ALT + r")\s*(?P<sign>-)?(?P<num>" + _NUM + r")(?P<mag>[万亿])?",
+    text = re.sub(r"(?P<cur>" + _CURRENCY_ALT + r")\s*(?P<sign>-)?(?P<num>" + _NUM + r")(?P<mag>[万亿])?",
                   money, text)
+    # An amount followed by its currency word is money too: 12.50元 -> 十二点五元 (not 十二点五零元).
+    return re.sub(_SIGN + r"(?P<num>" + _NUM + r")(?P<mag>[万亿])?(?=\s*(?:" + "|".join(_CURRENCY_WORDS) + "))",
+                  lambda m: _minus(m) + _read_num(m.group("num"), liang=True, money=True) + (m.group("mag") or ""), text)
 
 
 def _units(text: str) -> str:
@@ -330,32 +344,13 @@ def normalize(text: str) -> str:
     return _tidy(_keep_only_speech(text))
 
 
-def drop_latin(text: str) -> str:
-    """Remove Latin letters from normalised text, for an engine that cannot spell them."""
-    return _tidy(re.sub(r"[A-Za-z]", " ", text))
-
-
-def has_speakable(text: str) -> bool:
-    """Whether normalize(text) keeps anything to say: a hanzi, a Latin letter or a digit."""
-    return bool(_SPEAKABLE_RE.search(normalize(text)))
-
-
-def count_chars(text: str) -> int:
-    """Length that max_chars limits: every character of the normalised text, punctuation and spaces included.
-
-    Normalised text is what the engines consume (numbers already expanded), so its plain length tracks the
-    model's input length; a spaced letter costs two characters, about what spelling it out takes.
-    """
-    return len(text)
-
-
 _WORD_END = "的了着过和与及或是在把被就都也还又而但"  # a hanzi after which a cut sounds least wrong
 
 
 def _cut_by_length(piece: str, max_chars: int) -> list[str]:
     """Cut a piece with no usable punctuation at spaces or after function words, else hard at max_chars."""
     out = []
-    while count_chars(piece) > max_chars:
+    while len(piece) > max_chars:
         window = piece[:max_chars]
         cut = max(window.rfind(" "), max((window.rfind(c) + 1 for c in _WORD_END), default=0))
         if cut < max(1, max_chars // 2):  # no good boundary in the second half: cut hard (always >= 1 char)
@@ -369,7 +364,7 @@ def _pack(parts: list[str], max_chars: int) -> list[str]:
     """Greedily join consecutive parts while they fit, so long sentences split into few, even pieces."""
     out: list[str] = []
     for part in parts:
-        if out and count_chars(out[-1]) + count_chars(part) <= max_chars:
+        if out and len(out[-1]) + len(part) <= max_chars:
             out[-1] += part
         else:
             out.append(part)
@@ -383,7 +378,7 @@ def split_sentences(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
     pieces = []
     for sentence in re.findall(f"[^{SENTENCE_ENDS}\n]*[{SENTENCE_ENDS}]+|[^{SENTENCE_ENDS}\n]+", text):
         sentence = sentence.strip()
-        if count_chars(sentence) <= max_chars:
+        if len(sentence) <= max_chars:
             pieces.append(sentence)
             continue
         clauses = re.findall(f"[^{CLAUSE_BREAKS}]*[{CLAUSE_BREAKS}]+|[^{CLAUSE_BREAKS}]+", sentence)

@@ -152,9 +152,13 @@ def test_missing_pynvml_package_is_a_note(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_real_pynvml_on_this_machine_never_raises() -> None:
     monitor = Monitor()
+    before = time.time()
     sample = monitor.sample_once()
-    assert sample["t"] > 0
-    if not monitor.gpu_available:  # the usual case here: no NVIDIA driver
+    assert before - 1 <= sample["t"] <= time.time() and set(SAMPLE_COLUMNS) <= set(sample)
+    assert 10 < sample["rss_mib"] < 1e6  # this very process, read from /proc
+    if monitor.gpu_available:  # a real driver: the device is really read
+        assert 0 < sample["vram_used_mib"] <= sample["vram_total_mib"] and monitor.note is None
+    else:  # the usual case here: no NVIDIA driver
         assert monitor.note and "NVML not available" in monitor.note
         assert _is_nan(sample["vram_total_mib"])
 

@@ -37,6 +37,17 @@ def fold_batchnorm(conv: dict[str, torch.Tensor], bn: dict[str, torch.Tensor], e
     return {"weight": conv["weight"] * scale[:, None, None], "bias": (conv["bias"] - bn["running_mean"]) * scale + bn["bias"]}
 
 
+def _folded_conv_stack(sd: dict[str, torch.Tensor], theirs: str, ours: str, n: int) -> dict[str, torch.Tensor]:
+    """ttskit's n (Conv1d, BatchNorm1d) pairs under `theirs` -> our n folded Conv1d weights under `ours`."""
+    out = {}
+    for i in range(n):
+        p = f"{theirs}.{i}."
+        conv = {"weight": sd[p + "0.conv.weight"], "bias": sd[p + "0.conv.bias"]}
+        bn = {k: sd[p + "1." + k] for k in ("weight", "bias", "running_mean", "running_var")}
+        out.update({f"{ours}.{i}.{k}": v for k, v in fold_batchnorm(conv, bn).items()})
+    return out
+
+
 @dataclass(frozen=True)
 class TacotronConfig:
     """Shapes of ttskit's mspk model (from its hparams JSON)."""
@@ -108,12 +119,7 @@ class Tacotron(nn.Module):
     def load_ttskit_state(self, sd: dict[str, torch.Tensor]) -> None:
         """Map ttskit's parameter names onto ours, folding BatchNorm and merging mel projection with the gate."""
         out = {"embedding.weight": sd["embedding.weight"]}
-        for i in range(self.cfg.encoder_convs):
-            p = f"encoder.convolutions.{i}."
-            conv = {"weight": sd[p + "0.conv.weight"], "bias": sd[p + "0.conv.bias"]}
-            bn = {k: sd[p + "1." + k] for k in ("weight", "bias", "running_mean", "running_var")}
-            for k, v in fold_batchnorm(conv, bn).items():
-                out[f"encoder_convs.{i}.{k}"] = v
+        out.update(_folded_conv_stack(sd, "encoder.convolutions", "encoder_convs", self.cfg.encoder_convs))
         for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
             out[f"encoder_lstm.{k}"] = sd[f"encoder.lstm.{k}"]
             out[f"encoder_lstm.{k}_reverse"] = sd[f"encoder.lstm.{k}_reverse"]
@@ -132,12 +138,7 @@ class Tacotron(nn.Module):
         out["location_dense.weight"] = sd[a + "location_layer.location_dense.linear_layer.weight"]
         out["projection.weight"] = torch.cat([sd["decoder.linear_projection.linear_layer.weight"], sd["decoder.gate_layer.linear_layer.weight"]])
         out["projection.bias"] = torch.cat([sd["decoder.linear_projection.linear_layer.bias"], sd["decoder.gate_layer.linear_layer.bias"]])
-        for i in range(self.cfg.postnet_convs):
-            p = f"postnet.convolutions.{i}."
-            conv = {"weight": sd[p + "0.conv.weight"], "bias": sd[p + "0.conv.bias"]}
-            bn = {k: sd[p + "1." + k] for k in ("weight", "bias", "running_mean", "running_var")}
-            for k, v in fold_batchnorm(conv, bn).items():
-                out[f"postnet.{i}.{k}"] = v
+        out.update(_folded_conv_stack(sd, "postnet.convolutions", "postnet", self.cfg.postnet_convs))
         self.load_state_dict(out, strict=True)
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor, speakers: torch.Tensor) -> torch.Tensor:

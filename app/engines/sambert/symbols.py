@@ -36,7 +36,6 @@ EMOTION_TYPES: tuple[str, ...] = (
     "emotion_anxiety", "emotion_jealousy", "emotion_hate", "emotion_pity", "emotion_pleasure", "emotion_arousal",
     "emotion_dominance",
 ) + tuple(f"emotion_placeholder{i}" for i in range(1, 10))
-BREAKS = ("#1", "#2", "#3", "#4")  # prosodic word, phrase, intonation phrase, sentence end
 
 
 def with_specials(names: tuple[str, ...], has_mask: bool) -> tuple[str, ...]:
