@@ -1,1 +1,4 @@
-"""Profiling: GPU/process monitor, per-request records, settings comparison and plots."""
+"""The profiler runtime the app uses: monitor (NVML + allocator sampler), plots, compare (settings grid), loadgen.
+
+Benchmarks and GPU checks live in profiling/bench/; nothing here or in app/ imports them.
+"""
