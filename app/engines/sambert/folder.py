@@ -191,7 +191,7 @@ class _VoiceConfig:
 def _voice_config(source: _Source, name: str, root_config: Mapping[str, Any]) -> _VoiceConfig:
     vdir = f"voices/{name}"
     model_cfg = root_config.get("model", {}) if isinstance(root_config.get("model"), Mapping) else {}
-    if source.exists(f"{vdir}/am/ckpt"):  # current layout, as ModelScope's Voice reads it
+    if source.exists(f"{vdir}/am/ckpt") or source.exists(f"{vdir}/am/config.yaml"):  # current layout (ModelScope's Voice)
         am_yaml = _parse(source, f"{vdir}/am/config.yaml", "yaml")
         voc_yaml = _parse(source, f"{vdir}/voc/config.yaml", "yaml")
         try:
@@ -249,7 +249,7 @@ def _catalog_voice(source: _Source, name: str, config: _VoiceConfig,
                    emotions: Mapping[str, tuple[str, ...]]) -> tuple[CatalogVoice, str | None]:
     vdir = f"voices/{name}"
     own_emotions = _table_names(source, vdir, config.unit, "emotions")
-    own_emotions = own_emotions if own_emotions and tuple(own_emotions) != EMOTION_TYPES[: len(own_emotions)] else None
+    own_emotions = own_emotions if own_emotions and tuple(own_emotions) != EMOTION_TYPES else None  # not the global list
     table = table_categories(own_emotions or EMOTION_TYPES)
     try:
         offered, note = offered_emotions(name, table, emotions.get(name), own_emotions is not None)
@@ -357,5 +357,5 @@ def load_model_folder(path: str | Path, emotions: Mapping[str, tuple[str, ...]] 
     catalog = _catalog(root, source, root_config, dict(emotions or {}))
     voices = {name: _voice(source, entry, _voice_config(source, name, root_config))
               for name, entry in catalog.voices.items()}
-    layout = "current" if all(source.exists(f"voices/{n}/am/ckpt") for n in voices) else "legacy"
+    layout = "current" if all(source.exists(f"voices/{n}/am/config.yaml") for n in voices) else "legacy"
     return ModelFolder(path=root, layout=layout, voices=voices, notes=catalog.notes)
