@@ -140,6 +140,19 @@ def test_cuda_fp16_batch_matches_cpu_fp32(tmp_path, items):
         assert np.abs(a.waveform - c.waveform).max() < FP16_WAVE_TOLERANCE
 
 
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_controls_per_item_match_cpu(tmp_path, items):
+    files = load_model_folder(make_folder(tmp_path)).voices["test_voice"]
+    controlled = [SymbolItem(items[0].symbols, 0.5, 6.0, -6.0), SymbolItem(items[1].symbols),
+                  SymbolItem(items[2].symbols, 1.5, -4.0, 3.0)]
+    cpu = SambertVoice(files).synthesize(controlled)
+    gpu = SambertVoice(files, "cuda").synthesize(controlled)
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_array_equal(a.durations, b.durations)
+        assert np.abs(a.pitch - b.pitch).max() < 1e-4 and np.abs(a.mel - b.mel).max() < 1e-3
+
+
 def test_vocoder_is_causal_so_padded_batches_are_exact(voice):
     torch.manual_seed(0)
     mels = [torch.randn(1, 80, n) for n in (7, 31, 18)]
