@@ -11,7 +11,7 @@ Neutral is always offered, first: it is what every KAN-TTS frontend writes on pr
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from app.engines.base import NEUTRAL
 from app.engines.sambert.symbols import EMOTION_TYPES

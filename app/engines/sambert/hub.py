@@ -5,7 +5,7 @@ a dependency): its cache first, then the hub with per-file progress bars. Offlin
 seconds; modelscope_hub reads its retry and timeout knobs from the environment when it is first imported, so they are
 set (unless the user set them) before the import: one retry and a 5 s connect timeout for the small listing request
 (file downloads keep modelscope's own retries). Measured here, with no route to the hub: 22 s with modelscope's
-defaults, under 0.1 s with these.
+defaults, 0.007 s with these (importing modelscope itself takes 2-4 s; `launch.py --say` exits in 3.8 s).
 """
 from __future__ import annotations
 
