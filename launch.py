@@ -25,7 +25,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     one.add_argument("--seed", type=int, help="random seed for --say (default: derived from the text)")
     eng = p.add_argument_group("engine")
     eng.add_argument("--engine", default="embedded", choices=ENGINE_NAMES, help="embedded (offline default), sambert or modelscope")
-    eng.add_argument("--model", help="model folder or ModelScope id (sambert, modelscope)")
+    eng.add_argument("--model", help="model folder or ModelScope id (sambert, modelscope); an id is downloaded once")
+    eng.add_argument("--emotions", action="append", default=[], metavar="VOICE=EMOTION[,EMOTION...]",
+                     help="emotions a Sambert voice was trained on, when its folder does not say "
+                          "(repeatable or ';'-separated), e.g. zhitian_emo=happy,sad")
     eng.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     eng.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="FP16 on CUDA (FP32 elsewhere)")
     b = p.add_argument_group("batching (also live in the app)")
@@ -51,7 +54,12 @@ def settings_from(args: argparse.Namespace) -> tuple[EngineSettings, BatchSettin
         if not sep or not user or not password:
             raise ValueError("--auth must look like USER:PASSWORD")
         auth = (user, password)
-    engine = EngineSettings(name=args.engine, model=args.model, device=args.device)
+    emotions = ()
+    if args.emotions:
+        from app.engines.sambert.emotions import parse_emotions_option
+
+        emotions = parse_emotions_option(args.emotions)
+    engine = EngineSettings(name=args.engine, model=args.model, device=args.device, emotions=emotions)
     batch = BatchSettings(fp16=args.fp16, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, clear_cache=args.clear_cache)
     serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth)
     return engine, batch, serve

@@ -26,10 +26,14 @@ class EngineSettings:
     name: str = "embedded"  # embedded (offline default) | sambert (native runtime) | modelscope (official pipeline)
     model: str | None = None  # model folder or hub id, for sambert and modelscope
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Sambert voices' trained emotions, for folders that do not say: ((voice, (emotion, ...)), ...) from --emotions
+    emotions: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.name not in ENGINE_NAMES:
             raise ValueError(f"engine={self.name!r} is not one of {', '.join(ENGINE_NAMES)}")
+        if self.emotions and self.name not in ("sambert", "modelscope"):
+            raise ValueError(f"--emotions applies to the sambert and modelscope engines, not {self.name!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r} must be auto, cpu, cuda or cuda:N")
 

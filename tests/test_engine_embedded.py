@@ -1,7 +1,6 @@
 """The embedded engine on its real weights (CPU): loading, plausible speech, exact batching, precision."""
 from __future__ import annotations
 
-import pickle
 
 import numpy as np
 import pytest
@@ -99,20 +98,6 @@ def test_tampered_weights_are_refused(tmp_path):
     fake.write_bytes(b"not the file")
     with pytest.raises(EngineUnavailableError, match="sha256"):
         W.read_pickled_module(fake)
-
-
-def test_restricted_unpickler_instantiates_no_class():
-    class Evil:
-        def __reduce__(self):
-            import os
-
-            return (os.system, ("echo pwned > /tmp/should-not-exist",))
-
-    import io
-
-    data = pickle.dumps(Evil())
-    loaded = W._RestrictedUnpickler(io.BytesIO(data)).load()
-    assert isinstance(loaded, W._Inert)
 
 
 def test_cached_conversion_is_reused(tmp_path, engine):

@@ -17,7 +17,7 @@ from app.engines import create_engine
 from app.engines.base import NEUTRAL, EngineBase, Utterance
 from app.engines.modelscope.deps import INSTALL_COMMAND, missing_dependencies, preflight, restore_scipy_kaiser
 from app.engines.modelscope.emotion import apply_emotion
-from app.engines.modelscope.engine import ModelScopeEngine, read_emotions
+from app.engines.modelscope.engine import ModelScopeEngine
 from app.errors import EngineUnavailableError, TTSInputError
 from app.settings import BatchSettings, EngineSettings, ServeSettings
 from tests.fixtures.modelscope_fake import (
@@ -52,18 +52,34 @@ def test_speakers_and_emotions_come_from_the_model_folder(tmp_path):
     assert isinstance(engine, EngineBase)
     assert engine.speakers == ("zhitian_emo", "zhiyan_emo", "zhizhe_emo", "zhibei_emo")  # voices.json order
     assert engine.default_speaker == "zhitian_emo"
-    assert engine.emotions_for("zhitian_emo") == (NEUTRAL, "happy", "sad", "angry")  # emotion_none is no emotion
-    assert engine.emotions_for("zhizhe_emo") == (NEUTRAL, "sad")
-    assert engine.emotions == (NEUTRAL, "happy", "sad", "angry", "fear", "surprise")
+    # The published voices offer what their model cards document (app/engines/sambert/emotions.py), as --engine sambert.
+    assert engine.emotions_for("zhitian_emo") == (NEUTRAL, "happy", "angry", "sad", "fear", "hate", "surprise")
+    assert engine.emotions_for("zhizhe_emo") == (NEUTRAL, "happy", "angry", "sad", "fear", "calm", "serious")
+    assert engine.emotions == (NEUTRAL, "happy", "angry", "sad", "fear", "hate", "surprise", "arousal", "calm", "serious")
+    assert any("'missing_voice'" in note and "skipped" in note for note in engine.notes)
     assert engine.max_batch_size == 1
     assert engine.fp16_supported is False and engine.precision.startswith("fp32")
 
 
-def test_emotion_dict_lines_are_read_with_or_without_the_prefix(tmp_path):
-    (tmp_path / "dict").mkdir()
-    (tmp_path / "dict" / "emo_category_dict.txt").write_text("neutral\nemotion_happy 5\n\nemotion_placeholder1\nsad\n")
-    assert read_emotions(tmp_path) == (NEUTRAL, "happy", "sad")
-    assert read_emotions(tmp_path / "no_such_voice") == (NEUTRAL,)
+def test_both_sambert_engines_share_one_reader_and_emotion_rule(tmp_path):
+    from app.engines.sambert.engine import SambertEngine
+
+    folder = make_model_folder(tmp_path / "shared", voices=("zhibei_emo", "my_voice"))
+    pipeline_engine, _ = ModelScopeEngine(model=str(folder), pipeline_factory=FakePipelineFactory(),
+                                          emotions={"my_voice": ("happy",)}), None
+    pipeline_engine.load(device="cpu", fp16=False)
+    native = SambertEngine(model=str(folder), emotions={"my_voice": ("happy",)})  # its catalog, before load
+    for speaker in ("zhibei_emo", "my_voice"):
+        assert pipeline_engine.emotions_for(speaker) == native.emotions_for(speaker)
+    assert pipeline_engine.emotions_for("my_voice") == (NEUTRAL, "happy")
+
+
+def test_a_voice_the_rule_knows_nothing_about_offers_neutral_and_says_how(tmp_path):
+    engine = ModelScopeEngine(model=str(make_model_folder(tmp_path / "m", voices=("my_voice",))),
+                              pipeline_factory=FakePipelineFactory())
+    engine.load(device="cpu", fp16=False)
+    assert engine.emotions == (NEUTRAL,)
+    assert any("--emotions my_voice=happy,sad" in note for note in engine.notes)
 
 
 def test_loads_the_folder_once_and_warms_up_every_voice(tmp_path):
@@ -143,8 +159,8 @@ def test_unknown_speaker_or_emotion_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(TTSInputError, match="unknown speaker 'xiaoyun'.*zhitian_emo"):
         engine.check("xiaoyun", "neutral")
     with TTSService(engine).start(warmup=False) as service:
-        with pytest.raises(TTSInputError, match="speaker 'zhizhe_emo' has no emotion 'happy'; choose one of: neutral, sad"):
-            service.submit("你好", "zhizhe_emo", "happy")
+        with pytest.raises(TTSInputError, match="speaker 'zhizhe_emo' has no emotion 'hate'; choose one of: neutral, happy"):
+            service.submit("你好", "zhizhe_emo", "hate")
     assert len(factory.pipe.calls) == before
 
 
@@ -160,7 +176,10 @@ def test_a_folder_that_is_not_a_modelscope_model_says_what_is_missing(tmp_path):
     folder = make_model_folder(tmp_path / "m")
     (folder / "voices" / "voices.json").unlink()
     engine = ModelScopeEngine(model=str(folder), pipeline_factory=FakePipelineFactory())
-    with pytest.raises(EngineUnavailableError, match="voices/voices.json is missing"):
+    with pytest.raises(EngineUnavailableError, match="neither voices/voices.json nor voices.zip"):
+        engine.load(device="cpu", fp16=False)
+    (folder / "configuration.json").unlink()
+    with pytest.raises(EngineUnavailableError, match="configuration.json is missing"):
         engine.load(device="cpu", fp16=False)
 
 

@@ -71,6 +71,33 @@ def test_duration_scale_is_a_real_speed_control(voice, items):
     np.testing.assert_allclose(slow.pitch, normal.pitch)  # prosody predicted once; only the timing changes
 
 
+def test_controls_in_one_batch_equal_each_alone_and_do_what_they_say(voice, items):
+    from app.engines.sambert.controls import PITCH_MEAN_OVER_STD, UNVOICED_PHONES, duration_scale, pitch_factor
+
+    base = items[1].symbols
+    controlled = [SymbolItem(base), SymbolItem(base, duration_scale(2.0)), SymbolItem(base, pitch_semitones=5.0),
+                  SymbolItem(base, volume_db=-9.0), SymbolItem(base, duration_scale(0.5), -6.0, 6.0)]
+    alone = [voice.synthesize([item])[0] for item in controlled]
+    for a, b in zip(alone, voice.synthesize(controlled)):
+        assert a.mel.shape == b.mel.shape
+        np.testing.assert_allclose(b.waveform, a.waveform, atol=BATCH_TOLERANCE, rtol=0)
+    plain, fast, high, quiet, slow = alone
+    # speed: predicted frames per symbol times 1 / speed, rounded per symbol
+    expected = np.floor((np.exp(voice.acoustic.encode(voice.encode([controlled[0]]))[3].log_durations[0].numpy()) - 1) / 2 + 0.5)
+    np.testing.assert_array_equal(fast.durations, expected.astype(np.int64))
+    # pitch: on voiced symbols p' = k p + (k - 1) mu / sigma, unvoiced ones keep the prediction (the predictor never
+    # sees the shift, so the unshifted prediction is plain.pitch)
+    k = pitch_factor(5.0)
+    voiced = np.array([t.strip("{}").split("$")[0] not in UNVOICED_PHONES for t in base.split()])
+    np.testing.assert_allclose(high.pitch[voiced], k * plain.pitch[voiced] + (k - 1) * PITCH_MEAN_OVER_STD, atol=1e-5)
+    np.testing.assert_array_equal(high.pitch[~voiced], plain.pitch[~voiced])
+    np.testing.assert_array_equal(high.energy, plain.energy)
+    # volume: an exact gain, nothing else changes
+    np.testing.assert_allclose(quiet.waveform, plain.waveform * np.float32(10 ** (-9 / 20)), atol=1e-6)
+    np.testing.assert_array_equal(quiet.mel, plain.mel)
+    assert np.abs(slow.waveform).max() <= 1.0
+
+
 def test_fp16_is_close_with_identical_frame_counts(voice, items):
     fp32 = voice.synthesize(items)
     voice.set_fp16(True)
@@ -111,6 +138,19 @@ def test_cuda_fp16_batch_matches_cpu_fp32(tmp_path, items):
         assert np.abs(a.mel - b.mel).max() < 1e-3
         assert a.mel.shape == c.mel.shape and np.abs(a.mel - c.mel).max() < FP16_MEL_TOLERANCE
         assert np.abs(a.waveform - c.waveform).max() < FP16_WAVE_TOLERANCE
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_controls_per_item_match_cpu(tmp_path, items):
+    files = load_model_folder(make_folder(tmp_path)).voices["test_voice"]
+    controlled = [SymbolItem(items[0].symbols, 0.5, 6.0, -6.0), SymbolItem(items[1].symbols),
+                  SymbolItem(items[2].symbols, 1.5, -4.0, 3.0)]
+    cpu = SambertVoice(files).synthesize(controlled)
+    gpu = SambertVoice(files, "cuda").synthesize(controlled)
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_array_equal(a.durations, b.durations)
+        assert np.abs(a.pitch - b.pitch).max() < 1e-4 and np.abs(a.mel - b.mel).max() < 1e-3
 
 
 def test_vocoder_is_causal_so_padded_batches_are_exact(voice):

@@ -1,4 +1,4 @@
-"""Loading ModelScope Sambert-HifiGan folders in both layouts, and clear errors for broken ones."""
+"""Reading ModelScope Sambert-HifiGan folders in both layouts: catalog, emotions rule, weights, clear errors."""
 from __future__ import annotations
 
 import json
@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from app.errors import EngineUnavailableError
-from app.engines.sambert.folder import ModelFolderError, load_model_folder
+from app.engines.sambert.emotions import CATEGORIES, PUBLISHED, parse_emotions_option
+from app.engines.sambert.folder import ModelFolderError, load_model_folder, read_catalog
 from app.engines.sambert.symbols import EMOTION_TYPES
 from tests.fixtures.sambert_writer import FolderSpec, acoustic_config, random_acoustic_state
-from app.engines.sambert.vocoder import fold_weight_norm
 from tests.fixtures.sambert_writer import make_folder
 
 
 @pytest.fixture(scope="module")
 def current(tmp_path_factory):
-    return make_folder(tmp_path_factory.mktemp("cur"), voices=("alpha", "beta"), checkpoint_steps=(500, 20000, 3000))
+    return make_folder(tmp_path_factory.mktemp("cur"), voices=("alpha", "zhiyan_emo"), checkpoint_steps=(500, 20000, 3000))
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +28,16 @@ def legacy(tmp_path_factory):
 def test_current_layout_loads_every_voice_in_order(current):
     folder = load_model_folder(current)
     assert folder.layout == "current"
-    assert list(folder.voices) == ["alpha", "beta"]
+    assert list(folder.voices) == ["alpha", "zhiyan_emo"]
     voice = folder.voices["alpha"]
     assert voice.speakers == ("F7",)
-    assert voice.emotions == ("emotion_neutral", "emotion_happy", "emotion_sad")
     assert voice.sample_rate_hz == 16000 and voice.vocoder.hop_samples == 200
     assert voice.tables.emotions[: len(EMOTION_TYPES)] == EMOTION_TYPES
+    # The current layout lists no emotions: an unknown voice offers neutral and says how to tell it more ...
+    assert voice.emotions == ("neutral",)
+    assert any("--emotions alpha=happy,sad" in note for note in folder.notes)
+    # ... and a published voice offers what its model card documents.
+    assert folder.voices["zhiyan_emo"].emotions == PUBLISHED["zhiyan_emo"][0]
 
 
 def test_highest_checkpoint_step_wins(current):
@@ -48,7 +52,7 @@ def test_legacy_layout_reads_voices_zip_and_its_own_dictionaries(legacy):
     assert folder.layout == "legacy"
     voice = folder.voices["test_voice"]
     assert voice.tables.emotions[:3] == ("emotion_none", "emotion_neutral", "emotion_angry")
-    assert voice.emotions == ("emotion_neutral", "emotion_angry")
+    assert voice.emotions == ("neutral", "angry")  # its own table is its list
     assert voice.acoustic.emotion == 3 + 3  # three dictionary entries + pad, end, mask
 
 
@@ -58,17 +62,6 @@ def test_has_mask_false_means_every_table_one_row_smaller(tmp_path):
     for field in ("sy", "tone", "syllable_flag", "word_segment", "emotion", "speaker"):
         assert getattr(without.acoustic, field) == getattr(with_mask.acoustic, field) - 1
     assert without.tables.phones[-1] == "~"
-
-
-@pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_weight_norm_folding_matches_torch():
-    conv = torch.nn.utils.weight_norm(torch.nn.ConvTranspose1d(4, 3, 5, 2))
-    with torch.no_grad():
-        conv.weight_g.mul_(1.7)
-        expected = conv.weight_g * conv.weight_v / conv.weight_v.flatten(1).norm(dim=1).view(-1, 1, 1)
-    folded = fold_weight_norm({k: v.detach() for k, v in conv.state_dict().items()})
-    assert set(folded) == {"weight", "bias"}
-    torch.testing.assert_close(folded["weight"], expected)
 
 
 def _broken_copy(src, tmp_path, name="broken"):
@@ -90,7 +83,7 @@ def test_missing_folder_and_missing_voices_json_are_named(tmp_path):
     [
         (lambda d: (d / "voices/voices.json").write_text("{not json"), "not valid json"),
         (lambda d: (d / "voices/voices.json").write_text(json.dumps({"voices": []})), "non-empty list"),
-        (lambda d: (d / "voices/voices.json").write_text(json.dumps({"voices": ["ghost"]})), "'ghost'"),
+        (lambda d: (d / "voices/voices.json").write_text(json.dumps({"voices": ["ghost"]})), "'ghost'.*none of them"),
         (lambda d: (d / "voices/test_voice/am/config.yaml").unlink(), "missing file .*am/config.yaml"),
         (lambda d: [p.unlink() for p in (d / "voices/test_voice/voc/ckpt").iterdir()], "no checkpoint_<step>.pth"),
         (lambda d: (d / "voices/test_voice/am/ckpt/checkpoint_1000.pth").write_bytes(b"garbage"), "cannot read checkpoint"),
@@ -126,3 +119,40 @@ def test_unsupported_language_and_corrupt_zip_are_reported(tmp_path, legacy):
     (broken / "voices.zip").write_bytes(b"PK not really")
     with pytest.raises(ModelFolderError, match="not a valid zip"):
         load_model_folder(broken)
+
+
+def test_the_catalog_reads_no_checkpoint(current, tmp_path):
+    folder = _broken_copy(current, tmp_path)
+    for ckpt in folder.glob("voices/*/*/ckpt/*.pth"):
+        ckpt.write_bytes(b"not read by the catalog")
+    catalog = read_catalog(folder, {"alpha": ("happy", "sad")})
+    assert catalog.voices["alpha"].emotions == ("neutral", "happy", "sad") and catalog.voices["alpha"].speakers == ("F7",)
+    assert catalog.voices["zhiyan_emo"].emotions == PUBLISHED["zhiyan_emo"][0]
+
+
+def test_a_listed_voice_without_a_folder_is_skipped_with_a_note(current, tmp_path):
+    folder = _broken_copy(current, tmp_path)
+    (folder / "voices/voices.json").write_text(json.dumps({"voices": ["ghost", "alpha"]}))
+    catalog = read_catalog(folder)
+    assert list(catalog.voices) == ["alpha"] and any("'ghost'" in n and "skipped" in n for n in catalog.notes)
+
+
+def test_explicit_emotions_are_checked_against_the_folder(current, legacy):
+    with pytest.raises(ModelFolderError, match="--emotions names 'nobody'.*alpha, zhiyan_emo"):
+        read_catalog(current, {"nobody": ("happy",)})
+    with pytest.raises(ModelFolderError, match="emotion table has no 'happy'"):
+        read_catalog(legacy, {"test_voice": ("happy",)})  # its own table: neutral and angry only
+    assert read_catalog(current, {"zhiyan_emo": ("sad",)}).voices["zhiyan_emo"].emotions == ("neutral", "sad")
+
+
+def test_the_emotions_option_is_parsed_and_checked_against_kantts_categories():
+    assert parse_emotions_option(["a=happy,sad", "b=calm; c=emotion_fear"]) == (
+        ("a", ("happy", "sad")), ("b", ("calm",)), ("c", ("fear",)))
+    with pytest.raises(ValueError, match="'furious' is not a KAN-TTS emotion category"):
+        parse_emotions_option(["a=happy,furious"])
+    for bad in ("a", "=happy", "a="):
+        with pytest.raises(ValueError, match="VOICE=EMOTION"):
+            parse_emotions_option([bad])
+    assert "none" not in CATEGORIES and not any("placeholder" in c for c in CATEGORIES)
+    for emotions, source in PUBLISHED.values():  # every published list is encodable by KAN-TTS's table
+        assert set(emotions) <= set(CATEGORIES) and source.startswith("https://modelscope.cn/models/damo/")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.engines.sambert.frontend import SambertFrontend, read_number
+from app.engines.sambert.frontend import SambertFrontend
 from app.engines.sambert.pinyin import syllable_phones
 from app.engines.sambert.symbols import (
     DEFAULT_PHONES, DEFAULT_TONES, EMOTION_TYPES, SYLLABLE_FLAGS, WORD_SEGMENTS, SymbolTables, with_specials,
@@ -94,9 +94,14 @@ def test_nothing_speakable_gives_empty_symbols(frontend):
 
 
 @pytest.mark.parametrize("digits, spoken", [("0", "零"), ("15", "十五"), ("101", "一百零一"), ("10010", "一万零一十"),
-                                            ("100000001", "一亿零一"), ("3.05", "三点零五"), ("007", "零零七")])
-def test_leftover_digits_are_read(digits, spoken):
-    assert read_number(digits) == spoken
+                                            ("100000001", "一亿零一"), ("3.05", "三点零五"), ("房间0705", "房间零七零五"),
+                                            ("2个人", "两个人"), ("13800138000", "幺三八零零幺三八零零零")])
+def test_numbers_are_spoken_as_app_text_reads_them(frontend, digits, spoken):
+    """app.text is the one number reader: the frontend speaks digits exactly as their normalised hanzi."""
+    from app.text import normalize
+
+    assert normalize(digits) == spoken
+    assert frontend.symbols(digits) == frontend.symbols(spoken) != ""
 
 
 @pytest.mark.parametrize("syllable, phones", [("zhuang", ("zh_c", "uang_c")), ("a", ("ga", "a_c")), ("ou", ("go", "ou_c")),

@@ -17,10 +17,11 @@ def create_engine(settings: EngineSettings) -> EngineBase:
         from app.engines.sambert.engine import SambertEngine
 
         if not settings.model:
-            raise ValueError("--engine sambert needs --model PATH (a ModelScope Sambert-HifiGan model folder)")
-        return SambertEngine(model=settings.model)
+            raise ValueError("--engine sambert needs --model PATH_OR_ID (a ModelScope Sambert-HifiGan folder or hub id, "
+                             "e.g. damo/speech_sambert-hifigan_tts_zh-cn_16k)")
+        return SambertEngine(model=settings.model, emotions=dict(settings.emotions))
     if settings.name == "modelscope":
         from app.engines.modelscope.engine import ModelScopeEngine
 
-        return ModelScopeEngine(model=settings.model or ModelScopeEngine.DEFAULT_MODEL)
+        return ModelScopeEngine(model=settings.model or ModelScopeEngine.DEFAULT_MODEL, emotions=dict(settings.emotions))
     raise ValueError(f"unknown engine {settings.name!r}")

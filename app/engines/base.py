@@ -65,6 +65,9 @@ class EngineBase:
     fp16_label: ClassVar[str] = "fp16"  # how FP16 is described when in force, e.g. "fp16 (vocoder fp32)"
     fp32_label: ClassVar[str] = "fp32"  # how FP32 is described when in force
     emotion_kind: ClassVar[str] = EMOTIONS_NONE  # EMOTIONS_TRAINED, EMOTIONS_RULES or EMOTIONS_NONE
+    # Utterance controls ("speed", "pitch", "volume") the engine renders itself, per item; the service applies the
+    # others to the waveform after synthesis.
+    controls_in_model: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         self.sample_rate: int = 16000  # Hz of every waveform synthesize() returns

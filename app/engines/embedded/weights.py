@@ -1,8 +1,8 @@
 """Find ttskit's shipped weights, verify them, and convert them once to safetensors in a cache folder.
 
 ttskit is installed (``pip install --no-deps ttskit==0.3.8``) only as a carrier of weight files: it is never
-imported. Its .pt files are whole pickled modules; a restricted unpickler maps every class to an inert
-placeholder and keeps only the tensors, and only after the file's sha256 matches.
+imported. Its .pt files are whole pickled modules; app.engines.checkpoints reads only their tensors (every class
+becomes an inert placeholder), and only after the file's sha256 matches.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from app.engines.checkpoints import fold_weight_norm, read_module_tensors
 from app.errors import EngineUnavailableError
 
 TTSKIT_VERSION = "0.3.8"
@@ -66,78 +67,16 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _Inert:
-    """Stands in for any pickled class: keeps the object's state dict and nothing else."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.__dict__["_state"] = {}
-
-    def __setstate__(self, state) -> None:
-        self.__dict__["_state"] = state if isinstance(state, dict) else {"_raw": state}
-
-
-_ALLOWED = {
-    ("collections", "OrderedDict"),
-    ("__builtin__", "set"),
-    ("builtins", "set"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Builds tensors and containers; every other class becomes an inert placeholder, nothing runs."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        return type(name, (_Inert,), {"__module__": "inert." + module})
-
-
-class _RestrictedPickleModule:
-    Unpickler = _RestrictedUnpickler
-    load = pickle.load
-    __name__ = "restricted_pickle"
-
-
-def _collect_tensors(obj, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """Walk pickled nn.Module placeholders and gather their parameters and buffers by dotted name."""
-    state = obj._state
-    for group in ("_parameters", "_buffers"):
-        for key, value in (state.get(group) or {}).items():
-            if isinstance(value, torch.Tensor):
-                out[prefix + key] = value.detach().clone()
-    for key, child in (state.get("_modules") or {}).items():
-        if isinstance(child, _Inert):
-            _collect_tensors(child, f"{prefix}{key}.", out)
-
-
 def read_pickled_module(path: Path) -> dict[str, torch.Tensor]:
-    """Verify a ttskit .pt file's sha256, then read its tensors with the restricted unpickler."""
+    """Verify a ttskit .pt file's sha256, then read its tensors with the restricted unpickler (no class is built)."""
     expected = SHA256[path.name]
     actual = sha256_of(path)
     if actual != expected:
         raise EngineUnavailableError(f"{path} has sha256 {actual}, expected {expected}: reinstall with `{INSTALL_HINT}`")
-    # weights_only=False is needed for these whole-module pickles; it is safe here because the hash matched
-    # and the unpickler above instantiates no class.
-    root = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
-    if not isinstance(root, _Inert):
-        raise EngineUnavailableError(f"{path} does not hold a pickled module")
-    tensors: dict[str, torch.Tensor] = {}
-    _collect_tensors(root, "", tensors)
-    return tensors
-
-
-def fold_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replace each weight_g/weight_v pair by weight = g * v / ||v|| (norm over all but dim 0)."""
-    out = {k: v for k, v in tensors.items() if not k.endswith(("weight_g", "weight_v"))}
-    for key in tensors:
-        if key.endswith("weight_g"):
-            base = key[: -len("weight_g")]
-            g, v = tensors[key], tensors[base + "weight_v"]
-            norm = v.norm(dim=tuple(range(1, v.dim())), keepdim=True)
-            out[base + "weight"] = (g * v / norm).contiguous()
-    return out
+    try:
+        return read_module_tensors(str(path))
+    except pickle.UnpicklingError as err:
+        raise EngineUnavailableError(f"{path}: {err}") from None
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, source_sha256: str) -> None:

@@ -15,52 +15,25 @@ This is the only module that imports modelscope's pipeline, and only inside load
 """
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from app.audio import wav_bytes_to_float32
 from app.engines.base import EMOTIONS_TRAINED, NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
 from app.engines.modelscope.deps import pipeline_device, preflight, restore_scipy_kaiser
-from app.engines.modelscope.emotion import EMOTION_PREFIX, EmotionFrontend, encodable_emotions, install_emotion_frontend
-from app.engines.sambert.hub import DEFAULT_MODEL, Downloader, download_snapshot, resolve_model_folder
+from app.engines.modelscope.emotion import EmotionFrontend, encodable_emotions, install_emotion_frontend
+from app.engines.sambert.folder import read_catalog
+from app.engines.sambert.hub import DEFAULT_MODEL, Downloader, check_pipeline_folder, download_snapshot, resolve_model_folder
 from app.errors import EngineUnavailableError, SynthesisError
 
 OUTPUT_WAV = "output_wav"  # modelscope.outputs.OutputKeys.OUTPUT_WAV
 SAMPLE_RATE_HZ = 16000  # the zh-cn Sambert-HifiGan voices; loading each voice reads the real rate from its WAV
-EMOTION_DICT = Path("dict") / "emo_category_dict.txt"  # per voice, under voices/<voice>/
 PRECISION = "fp32 (the ModelScope pipeline runs FP32 only)"
 
 PipelineFactory = Callable[[str], Any]  # model folder -> object called as pipe(input=text, voice=name)
-
-
-def read_emotions(voice_dir: Path) -> tuple[str, ...]:
-    """A voice's emotions from dict/emo_category_dict.txt (first field of each line, emotion_ prefix dropped), neutral first."""
-    path = voice_dir / EMOTION_DICT
-    if not path.is_file():
-        return (NEUTRAL,)
-    names = [NEUTRAL]
-    for line in path.read_text(encoding="utf-8").splitlines():
-        fields = line.split()
-        if not fields:
-            continue
-        name = fields[0][len(EMOTION_PREFIX):] if fields[0].startswith(EMOTION_PREFIX) else fields[0]
-        # emotion_none marks prosodic breaks and the placeholders are unused rows of KAN-TTS's table: not emotions.
-        if name and name != "none" and not name.startswith("placeholder") and name not in names:
-            names.append(name)
-    return tuple(names)
-
-
-def read_voices(folder: Path) -> dict[str, tuple[str, ...]]:
-    """Each voice in voices/voices.json that has a folder (as modelscope loads them), in order, with its emotions."""
-    listed = json.loads((folder / "voices" / "voices.json").read_text(encoding="utf-8")).get("voices", [])
-    voices = {name: read_emotions(folder / "voices" / name) for name in listed if (folder / "voices" / name).is_dir()}
-    if not voices:
-        raise EngineUnavailableError(f"{folder}/voices/voices.json lists no voice with a folder (it lists {listed!r})")
-    return voices
 
 
 def modelscope_pipeline(model_folder: str) -> Any:
@@ -84,9 +57,10 @@ class ModelScopeEngine(EngineBase):
     preflight = staticmethod(preflight)
 
     def __init__(self, model: str = DEFAULT_MODEL, pipeline_factory: PipelineFactory | None = None,
-                 downloader: Downloader | None = None) -> None:
+                 downloader: Downloader | None = None, emotions: Mapping[str, tuple[str, ...]] | None = None) -> None:
         super().__init__()
         self.model = model  # hub id or local model folder
+        self.emotion_options = dict(emotions or {})  # voice -> emotions it was trained on (--emotions)
         self._factory = pipeline_factory  # None: modelscope's own pipeline, after preflight()
         self._downloader = downloader or download_snapshot
         self.model_folder: Path | None = None
@@ -109,8 +83,12 @@ class ModelScopeEngine(EngineBase):
         if self._factory is None:
             preflight()
         self._check_device()
-        folder = resolve_model_folder(self.model, self._downloader)
-        voice_emotions = read_voices(folder)
+        folder = resolve_model_folder(self.model, self._downloader, self.name)
+        check_pipeline_folder(folder)
+        catalog = read_catalog(folder, self.emotion_options)  # the same voices and emotion rule as --engine sambert
+        for index, text in enumerate(catalog.notes):
+            self.note(f"folder:{index}", text)
+        voice_emotions = {name: voice.emotions for name, voice in catalog.voices.items()}
         try:
             pipe = (self._factory or modelscope_pipeline)(str(folder))
         except Exception as exc:

@@ -29,6 +29,8 @@ class AcousticInput:
     speaker: torch.Tensor  # (B, L) long speaker ids
     lengths: torch.Tensor  # (B,) long: valid symbols per item
     duration_scale: torch.Tensor  # (B,) float: 1.0 = predicted speed, 2.0 = twice as long
+    pitch_scale: torch.Tensor | None = None  # (B, L) float: predicted pitch p becomes scale * p + bias (controls.py)
+    pitch_bias: torch.Tensor | None = None  # (B, L) float, in the model's normalised pitch units
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class SambertAcoustic(nn.Module):
         emo, spk = self.emo_tokenizer(batch.emotion), self.spk_tokenizer(batch.speaker)
         pred_in = torch.cat([text, spk, emo], dim=-1)
         pitch = va.pitch_predictor(pred_in, mask, batch.lengths)
+        if batch.pitch_scale is not None:  # a request's pitch control, before the embedding and durations read it
+            pitch = (pitch * batch.pitch_scale + batch.pitch_bias).masked_fill(mask, 0.0)
         energy = va.energy_predictor(pred_in, mask, batch.lengths)
         text = text + va.pitch_emb(pitch.unsqueeze(1)).transpose(1, 2)
         text = text + va.energy_emb(energy.unsqueeze(1)).transpose(1, 2)

@@ -2,70 +2,90 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from app.engines.base import NEUTRAL, EMOTIONS_TRAINED, EngineBase, Utterance
-from app.engines.sambert.folder import read_voice_names
+from app.engines.sambert.folder import ModelFolderError, read_catalog
+from app.engines.sambert.hub import Downloader, download_snapshot, looks_like_hub_id, resolve_model_folder
 from app.errors import EngineUnavailableError
 
 MAX_BATCH_SIZE = 32  # items one acoustic/vocoder pass takes (the decoder loop costs the same for 1 or 32 on GPU)
+
+
+def speaker_label(voice: str, speaker: str, speakers: Sequence[str]) -> str:
+    """How a speaker is offered: the voice name, or voice/speaker for a multi-speaker voice."""
+    return voice if len(speakers) == 1 else f"{voice}/{speaker}"
 
 
 class SambertEngine(EngineBase):
     """Every voice of one Sambert-HifiGan folder; speakers are voices (or voice/speaker for multi-speaker ones).
 
     Inference has no randomness (dropout is off, durations are predicted), so `Utterance.seed` changes nothing.
-    Each voice offers the emotions its folder says it was trained on (see app.engines.sambert.folder).
+    Each voice offers the emotions app.engines.sambert.emotions finds for it. Speed, pitch and volume are rendered
+    per item by the model (app.engines.sambert.controls), so a batch may mix them freely.
     """
 
     name = "sambert"
     max_batch_size = MAX_BATCH_SIZE
     fp16_label = "fp16 (text encoder and durations fp32)"
     emotion_kind = EMOTIONS_TRAINED
+    controls_in_model = frozenset({"speed", "pitch", "volume"})
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, emotions: Mapping[str, tuple[str, ...]] | None = None,
+                 downloader: Downloader | None = None) -> None:
         super().__init__()
-        self.model_path = Path(model).expanduser()
-        self.speakers = read_voice_names(self.model_path, missing_ok=True)  # a cheap peek; load() explains problems
-        self.default_speaker = self.speakers[0] if self.speakers else ""
-        self.duration_scale = 1.0  # > 1 speaks slower: predicted frames per symbol are multiplied before rounding
+        self.model = model  # folder or hub id
+        self.emotion_options = dict(emotions or {})  # voice -> emotions it was trained on (--emotions)
+        self._downloader = downloader or download_snapshot
         self._voices: dict = {}  # voice name -> SambertVoice
         self._frontends: dict = {}  # voice name -> SambertFrontend (its phone table)
         self._targets: dict[str, tuple[str, str]] = {}  # speaker label -> (voice, speaker symbol)
+        self._offered: dict[str, tuple[str, ...]] = {}  # speaker label -> emotions its voice offers
         self._lock = threading.Lock()
+        if not looks_like_hub_id(model):  # a cheap peek at the catalog; load() explains any problem
+            try:
+                self._offer(read_catalog(model, self.emotion_options).voices.values())
+            except ModelFolderError:
+                pass
+
+    def _offer(self, voices) -> None:
+        """Speakers, per-speaker emotions and their union from catalog voices or loaded ones (same fields)."""
+        self._targets, self._offered, emotions = {}, {}, [NEUTRAL]
+        for voice in voices:
+            for speaker in voice.speakers:
+                label = speaker_label(voice.name, speaker, voice.speakers)
+                self._targets[label], self._offered[label] = (voice.name, speaker), voice.emotions
+            emotions += [e for e in voice.emotions if e not in emotions]
+        self.speakers = tuple(self._targets)
+        self.default_speaker = self.speakers[0] if self.speakers else ""
+        self.emotions = tuple(emotions)
 
     @property
     def loaded(self) -> bool:
         return bool(self._voices)
 
     def _load_model(self) -> None:
-        """Read and check the folder, put every voice on the device."""
+        """Find (or download) the folder, read and check it, put every voice on the device."""
         from app.engines.sambert.folder import load_model_folder
         from app.engines.sambert.frontend import SambertFrontend
         from app.engines.sambert.runtime import SambertVoice
 
-        folder = load_model_folder(self.model_path)  # ModelFolderError (an EngineUnavailableError) names the file
+        path = resolve_model_folder(self.model, self._downloader, self.name)
+        folder = load_model_folder(path, self.emotion_options)  # ModelFolderError (an EngineUnavailableError) names it
         rates = {v.sample_rate_hz for v in folder.voices.values()}
         if len(rates) != 1:
-            raise EngineUnavailableError(f"{self.model_path}: voices use different sample rates {sorted(rates)}")
+            raise EngineUnavailableError(f"{path}: voices use different sample rates {sorted(rates)}")
         self.sample_rate = rates.pop()
         try:
             self._frontends = {name: SambertFrontend(files.tables) for name, files in folder.voices.items()}
         except ImportError as err:
             raise EngineUnavailableError(f"the sambert frontend needs jieba and pypinyin: {err}") from None
         self._voices = {name: SambertVoice(files, self.device) for name, files in folder.voices.items()}
-        self._targets, emotions = {}, []
-        for name, voice in self._voices.items():
-            for speaker in voice.speakers:
-                label = name if len(voice.speakers) == 1 else f"{name}/{speaker}"
-                self._targets[label] = (name, speaker)
-            emotions += [e.removeprefix("emotion_") for e in voice.emotions if e.removeprefix("emotion_") not in emotions]
-        self.speakers = tuple(self._targets)
-        self.default_speaker = self.speakers[0]
-        self.emotions = tuple([NEUTRAL] + [e for e in emotions if e != NEUTRAL])
+        for index, text in enumerate(folder.notes):
+            self.note(f"folder:{index}", text)
+        self._offer(self._voices.values())
 
     def _cast(self, fp16: bool) -> None:
         """Decoder, postnet and vocoder in FP16; the text encoder and durations stay FP32 (frame counts cannot move)."""
@@ -78,15 +98,11 @@ class SambertEngine(EngineBase):
             self._voices, self._frontends = {}, {}
 
     def emotions_for(self, speaker: str) -> tuple[str, ...]:
-        """The emotions this speaker's voice was trained on (engine.emotions is the union over voices)."""
-        target = self._targets.get(speaker)
-        if target is None:
-            return self.emotions
-        trained = self._voices[target[0]].emotions
-        return tuple(e for e in self.emotions if f"emotion_{e}" in trained) or (NEUTRAL,)
+        """The emotions this speaker's voice offers (engine.emotions is the union over voices)."""
+        return self._offered.get(speaker, self.emotions)
 
     def symbols(self, utterance: Utterance) -> str:
-        """The KAN-TTS symbol string this engine feeds the acoustic model for one (checked) utterance."""
+        """The KAN-TTS symbol string fed to the acoustic model for one checked utterance (its emotion, never another)."""
         voice_name, speaker = self._targets[utterance.speaker]
         return self._frontends[voice_name].symbols(utterance.text, f"emotion_{utterance.emotion}", speaker)
 
@@ -101,22 +117,23 @@ class SambertEngine(EngineBase):
 
     def synthesize(self, batch: Sequence[Utterance]) -> list[np.ndarray]:
         """Group items by voice, run each group in batches of at most max_batch_size; outputs in input order."""
+        from app.engines.sambert.controls import duration_scale
         from app.engines.sambert.runtime import SymbolItem
 
         if not self._voices:
             raise RuntimeError("SambertEngine.synthesize called before load()")
         out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(batch)  # unpronounceable items stay empty
-        groups: dict[str, list[tuple[int, str]]] = {}
-        for index, utterance in enumerate(batch):
-            symbols = self.symbols(utterance)
+        groups: dict[str, list[tuple[int, SymbolItem]]] = {}
+        for index, u in enumerate(batch):
+            symbols = self.symbols(u)
             if symbols:
-                groups.setdefault(self._targets[utterance.speaker][0], []).append((index, symbols))
+                item = SymbolItem(symbols, duration_scale(u.speed), pitch_semitones=u.pitch, volume_db=u.volume)
+                groups.setdefault(self._targets[u.speaker][0], []).append((index, item))
         with self._lock:
             for voice_name, items in groups.items():
                 voice = self._voices[voice_name]
                 for start in range(0, len(items), self.max_batch_size):
                     chunk = items[start : start + self.max_batch_size]
-                    results = voice.synthesize([SymbolItem(s, self.duration_scale) for _, s in chunk])
-                    for (index, _), result in zip(chunk, results):
+                    for (index, _), result in zip(chunk, voice.synthesize([item for _, item in chunk])):
                         out[index] = result.waveform
         return out

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 
 from app.engines.sambert.pinyin import split_tone, syllable_phones
+from app.text import normalize
 from app.engines.sambert.symbols import DEFAULT_PHONES, SymbolTables
 
 PAUSE_MARKS = set("，,、；;：:—–…")  # a pause inside the sentence: intonation-phrase break (#3)
@@ -21,8 +22,8 @@ ERHUA_EXCEPTIONS = {  # words whose final 儿 is a full syllable, not a rhotic e
     "儿", "女儿", "儿子", "婴儿", "幼儿", "孤儿", "健儿", "男儿", "胎儿", "患儿", "宠儿", "混血儿", "新生儿", "少儿",
     "儿童", "孩儿", "侄儿", "寄儿", "养儿", "育儿", "托儿", "弃儿", "病儿", "犬儿", "妻儿", "小儿",
 }
-_DIGITS = "零一二三四五六七八九"
-_TOKEN = re.compile(r"(?P<han>[\u3400-\u9fff]+)|(?P<latin>[A-Za-z]+)|(?P<num>\d+(?:\.\d+)?)|(?P<mark>[^\s\w])|\s+")
+# app.text.normalize (the one number reader) leaves hanzi, Latin letters and punctuation: no digits reach here.
+_TOKEN = re.compile(r"(?P<han>[\u3400-\u9fff]+)|(?P<latin>[A-Za-z]+)|(?P<mark>[^\s\w])|\s+")
 
 
 @dataclass(frozen=True)
@@ -31,48 +32,6 @@ class Syllable:
 
     phones: tuple[str, ...]  # KAN-TTS phones, e.g. ("zh_c", "ong_c")
     tone: int  # 1-4, 5 = neutral
-
-
-def _group_to_zh(group: int) -> str:
-    """0 < group < 10000 -> Chinese numerals, one 零 for each run of inner zeros."""
-    out, zero = "", False
-    for pos in range(3, -1, -1):
-        digit = group // 10**pos % 10
-        if digit == 0:
-            zero = bool(out)
-            continue
-        out += ("零" if zero else "") + _DIGITS[digit] + ("", "十", "百", "千")[pos]
-        zero = False
-    return out
-
-
-def _int_to_zh(n: int) -> str:
-    """Integer -> Chinese numerals with 万/亿 grouping (101 -> 一百零一, 100000001 -> 一亿零一)."""
-    if n == 0:
-        return "零"
-    groups = []
-    while n:
-        groups.append(n % 10000)
-        n //= 10000
-    out, zero = "", False
-    for index in range(len(groups) - 1, -1, -1):
-        group = groups[index]
-        if group == 0:
-            zero = bool(out)
-            continue
-        if out and (zero or group < 1000):
-            out += "零"
-        out += _group_to_zh(group) + ("", "万", "亿", "万亿")[index]
-        zero = False
-    return out[1:] if out.startswith("一十") else out  # 一十五 -> 十五
-
-
-def read_number(text: str) -> str:
-    """Digits left over after normalisation -> Chinese characters ('3.5' -> 三点五, long runs digit by digit)."""
-    whole, _, frac = text.partition(".")
-    digit_by_digit = len(whole) > 12 or (len(whole) > 1 and whole[0] == "0")  # phone numbers, codes, 007
-    spoken = "".join(_DIGITS[int(d)] for d in whole) if digit_by_digit else _int_to_zh(int(whole))
-    return spoken + ("点" + "".join(_DIGITS[int(d)] for d in frac) if frac else "")
 
 
 class SambertFrontend:
@@ -124,18 +83,12 @@ class SambertFrontend:
 
     def words(self, text: str) -> list[tuple[list[Syllable], str | None]]:
         """Lexical words with the punctuation break that follows each ('#3', '#4' or None)."""
-        try:
-            from app.text import normalize  # the service normalises first; this covers direct callers
-        except ImportError:
-            normalize = None
-        if normalize is not None:
-            text = normalize(text)
+        text = normalize(text)  # the service normalises first; this covers direct callers (normalising twice is a no-op)
         words: list[tuple[list[Syllable], str | None]] = []
         for match in _TOKEN.finditer(text):
             kind = match.lastgroup
-            if kind in ("han", "num"):
-                han = match.group() if kind == "han" else read_number(match.group())
-                words += [(w, None) for w in self._han_words(han)]
+            if kind == "han":
+                words += [(w, None) for w in self._han_words(match.group())]
             elif kind == "latin":
                 letters = [self._syllable(p) for ch in match.group().lower() for p in LETTERS[ch].split()]
                 if all(letters):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from app.engines.sambert.acoustic import AcousticInput, SambertAcoustic
+from app.engines.sambert.controls import apply_gain, pitch_affine
 from app.engines.sambert.folder import ModelFolderError, VoiceFiles
 from app.engines.sambert.symbols import SymbolTables
 from app.engines.sambert.vocoder import HifiGanGenerator
@@ -21,6 +22,8 @@ class SymbolItem:
 
     symbols: str  # "{phone$tone$syl$word$emotion$speaker} ..." as the KAN-TTS frontend writes it
     duration_scale: float = 1.0  # > 1 speaks slower (frames per symbol are multiplied before rounding)
+    pitch_semitones: float = 0.0  # shift of the predicted pitch on voiced symbols (controls.py)
+    volume_db: float = 0.0  # gain on this item's waveform
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Synthesis:
     waveform: np.ndarray  # float32 samples in [-1, 1]
     mel: np.ndarray  # (frames, num_mels) float32 postnet output
     durations: np.ndarray  # (symbols,) int64 frames per symbol
-    pitch: np.ndarray  # (symbols,) float32 normalised pitch prediction
+    pitch: np.ndarray  # (symbols,) float32 normalised pitch used (prediction, shifted by the item's pitch control)
     energy: np.ndarray  # (symbols,) float32 normalised energy prediction
 
 
@@ -78,10 +81,17 @@ class SambertVoice:
         for i, r in enumerate(rows):
             ids[i, : len(r)] = r
         ids_t = torch.from_numpy(ids).to(self.device)
+        pitch_scale = pitch_bias = None
+        if any(item.pitch_semitones for item in items):  # per item: an item without a shift gets scale 1, bias 0
+            pitch_scale, pitch_bias = np.ones((len(rows), longest), np.float32), np.zeros((len(rows), longest), np.float32)
+            for i, item in enumerate(items):
+                pitch_scale[i, : len(rows[i])], pitch_bias[i, : len(rows[i])] = pitch_affine(item.symbols, item.pitch_semitones)
+            pitch_scale, pitch_bias = torch.from_numpy(pitch_scale).to(self.device), torch.from_numpy(pitch_bias).to(self.device)
         return AcousticInput(
             ling=ids_t[..., :4], emotion=ids_t[..., 4], speaker=ids_t[..., 5],
             lengths=torch.tensor([len(r) for r in rows], device=self.device),
             duration_scale=torch.tensor([item.duration_scale for item in items], device=self.device, dtype=torch.float32),
+            pitch_scale=pitch_scale, pitch_bias=pitch_bias,
         )
 
     def _vocode(self, mel: torch.Tensor, counts: np.ndarray) -> list[np.ndarray]:
@@ -108,7 +118,8 @@ class SambertVoice:
         durations, pitch, energy = (t.cpu().numpy() for t in (out.durations, out.pitch, out.energy))
         return [
             Synthesis(
-                waveform=np.ascontiguousarray(waves[i][: counts[i] * self.hop_samples], dtype=np.float32),
+                waveform=apply_gain(np.ascontiguousarray(waves[i][: counts[i] * self.hop_samples], dtype=np.float32),
+                                    items[i].volume_db),
                 mel=mel[i, : counts[i]], durations=durations[i, : lengths[i]],
                 pitch=pitch[i, : lengths[i]], energy=energy[i, : lengths[i]],
             )

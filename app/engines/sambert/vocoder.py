@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.engines.checkpoints import fold_weight_norm
 from app.engines.sambert.config import VocoderConfig
 
 
@@ -87,27 +88,6 @@ _OLD_LAYOUT = [  # ModelScope's older `Generator(h)` names -> ours
     (r"^repeat_ups\.(\d+)\.2\.conv1d\.", r"repeats.\1."),
     (r"^resblocks\.(\d+)\.(convs[12])\.(\d+)\.conv1d\.", r"blocks.\1.\2.\3."),
 ]
-
-
-_WEIGHT_NORM_PAIRS = (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1"))
-
-
-def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replace every `weight_g`/`weight_v` pair (either torch spelling) by the plain `weight` it stands for."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        for g_name, v_name in _WEIGHT_NORM_PAIRS:
-            if key == g_name or key.endswith("." + g_name):
-                base = key[: -len(g_name)]
-                v = state[base + v_name].float()
-                norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
-                out[base + "weight"] = value.float() * v / norm
-                break
-            if key == v_name or key.endswith("." + v_name):
-                break
-        else:
-            out[key] = value
-    return out
 
 
 def convert_generator_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
