@@ -138,6 +138,8 @@ def serve_replicas(engine_settings: EngineSettings, batch: BatchSettings, serve:
     client, monitor = start_front(engine_settings, batch, serve, cluster, warmup)
     try:
         launch_ui(build_ui(client, monitor), client)
+    except KeyboardInterrupt:  # Ray's driver sees the Ctrl-C too: stop quietly, then delete the replicas
+        pass
     finally:
         client.close()
         shutdown(cluster)

@@ -116,11 +116,13 @@ class ReplicaClient:
         attempt = 0
         while True:
             remaining_s = max(0.0, deadline - time.monotonic())
-            response = self._handle.submit.remote(text, speaker, emotion, seed, remaining_s, **options)
+            response = None
             try:
+                response = self._handle.submit.remote(text, speaker, emotion, seed, remaining_s, **options)
                 return response.result(timeout_s=remaining_s + RESULT_GRACE_S)
             except TimeoutError:
-                response.cancel()
+                if response is not None:
+                    response.cancel()
                 self.errors += 1
                 raise SynthesisError(f"timed out after {remaining_s:.0f} s waiting for a replica") from None
             except Exception as exc:
@@ -135,8 +137,9 @@ class ReplicaClient:
         given, attempt = 0, 0
         while True:
             remaining_s = max(0.0, deadline - time.monotonic())
-            pieces = self._stream_handle.stream.remote(text, speaker, emotion, seed, remaining_s, **options)
+            pieces = None
             try:
+                pieces = self._stream_handle.stream.remote(text, speaker, emotion, seed, remaining_s, **options)
                 for piece in pieces:
                     if piece.index >= given:
                         given += 1
@@ -145,7 +148,8 @@ class ReplicaClient:
             except Exception as exc:
                 attempt = self._retry_or_raise(exc, attempt)
             finally:
-                pieces.cancel()  # a consumer that stops early (closed browser) frees the replica's queue
+                if pieces is not None:
+                    pieces.cancel()  # a consumer that stops early (closed browser) frees the replica's queue
 
     def _retry_or_raise(self, exc: Exception, attempt: int) -> int:
         """Re-send (returns the next attempt number) when the replica died; else raise the caller's error."""
