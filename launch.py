@@ -43,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--queue-size", type=int, default=ServeSettings.queue_size, help="most sentences waiting; beyond it: busy")
     s.add_argument("--max-chars", type=int, default=ServeSettings.max_chars, help="longest text one request may carry")
     s.add_argument("--no-warmup", action="store_true", help="skip the start-up warm-up (faster start, slower first request)")
+    r = p.add_argument_group("replicas on Ray Serve (pip install -r requirements-ray.txt); without --ray-replicas Ray is not used")
+    r.add_argument("--ray-replicas", type=int, metavar="N", help="serve through N replicas, each with its own engine and batcher")
+    r.add_argument("--ray-address", metavar="auto|HOST:PORT", help="join a running Ray cluster (default: start a local one)")
+    r.add_argument("--gpus-per-replica", type=float, metavar="F", help="GPUs per replica; 0.5 puts two on one GPU (default: 1 with GPUs, else 0)")
+    r.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="F", help="CPUs per replica, also its torch thread count")
     return p.parse_args(argv)
 
 
@@ -63,6 +68,18 @@ def settings_from(args: argparse.Namespace) -> tuple[EngineSettings, BatchSettin
     batch = BatchSettings(fp16=args.fp16, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, clear_cache=args.clear_cache)
     serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth)
     return engine, batch, serve
+
+
+def cluster_from(args: argparse.Namespace):
+    """ClusterSettings for --ray-replicas, None without it (then nothing imports ray)."""
+    if args.ray_replicas is None:
+        if args.ray_address or args.gpus_per_replica is not None:
+            raise ValueError("--ray-address and --gpus-per-replica need --ray-replicas N")
+        return None
+    from app.cluster.config import ClusterSettings
+
+    return ClusterSettings(replicas=args.ray_replicas, address=args.ray_address, gpus_per_replica=args.gpus_per_replica,
+                           cpus_per_replica=args.cpus_per_replica, max_queued_requests=args.queue_size, full_warmup=not args.no_warmup)
 
 
 def load_engine(settings: EngineSettings, fp16: bool):
@@ -121,6 +138,21 @@ def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: Serv
     launch_ui(demo, service)
 
 
+def serve_replicas(engine_settings: EngineSettings, batch: BatchSettings, serve: ServeSettings, warmup: bool, cluster) -> None:
+    """The same UI and API as serve_app, in front of replicas on Ray Serve; they are deleted when the front stops."""
+    from app.cluster.deploy import shutdown, start_front
+    from app.web.ui import build_ui, launch_ui
+
+    client, monitor = start_front(engine_settings, batch, serve, cluster, warmup)
+    try:
+        launch_ui(build_ui(client, monitor), client)
+    except KeyboardInterrupt:  # Ray's driver sees the Ctrl-C too: stop quietly, then delete the replicas
+        pass
+    finally:
+        client.close()
+        shutdown(cluster)
+
+
 def install_weights_on_spaces() -> None:
     """Hugging Face Spaces install requirements.txt only; ttskit (the weights' carrier) needs --no-deps."""
     import importlib.util
@@ -135,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         engine_settings, batch, serve = settings_from(args)
+        cluster = cluster_from(args)
         if engine_settings.name == "embedded":
             install_weights_on_spaces()
         if args.list_speakers:
             list_speakers(engine_settings)
         elif args.say is not None:
             say(args, engine_settings, batch, serve)
+        elif cluster is not None:
+            serve_replicas(engine_settings, batch, serve, warmup=not args.no_warmup, cluster=cluster)
         else:
             serve_app(engine_settings, batch, serve, warmup=not args.no_warmup)
     except (EngineUnavailableError, TTSInputError, SynthesisError, ValueError) as exc:

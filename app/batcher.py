@@ -143,6 +143,10 @@ class Batcher:
             self._run_controls()
         return fut
 
+    def alive(self) -> bool:
+        """Whether the worker thread is running (False before start, after stop, or if it died)."""
+        return self._running and self._thread is not None and self._thread.is_alive()
+
     def depth(self) -> int:
         """Items waiting (not yet taken into a batch)."""
         with self._cond:

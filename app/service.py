@@ -1,6 +1,7 @@
 """TTSService: one resident engine behind the dynamic batcher; validation, sentence splitting, live settings."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import logging
@@ -9,9 +10,9 @@ import sys
 import time
 import zlib
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import AsyncIterator, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -88,8 +89,18 @@ def _free_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def check_text(text: str, max_chars: int) -> None:
+    """Refuse empty or oversized text with a TTSInputError naming the problem (the model-free part of plan())."""
+    if not isinstance(text, str) or not text.strip():
+        raise TTSInputError("text is empty: type some Chinese text to synthesize")
+    if len(text) > max_chars:
+        raise TTSInputError(f"text has {len(text)} characters; the limit is {max_chars}")
+
+
 class TTSService:
     """The one resident pipeline every request goes through."""
+
+    owns_engine: ClassVar[bool] = True  # the engine runs in this process (the replicas' front client says False)
 
     def __init__(self, engine: EngineBase, batch: BatchSettings = BatchSettings(), serve: ServeSettings = ServeSettings()) -> None:
         self.engine = engine
@@ -177,10 +188,7 @@ class TTSService:
         Raises TTSInputError naming the bad value. Seeds are per sentence: from the request's seed if given, else
         from the sentence and speaker, so the same request always sounds the same.
         """
-        if not isinstance(text, str) or not text.strip():
-            raise TTSInputError("text is empty: type some Chinese text to synthesize")
-        if len(text) > self.serve.max_chars:
-            raise TTSInputError(f"text has {len(text)} characters; the limit is {self.serve.max_chars}")
+        check_text(text, self.serve.max_chars)
         self.engine.check(speaker, emotion)
         sentences = [s for s in textproc.split_sentences(textproc.normalize(text)) if self.engine.speakable(s)]
         if not sentences:
@@ -198,7 +206,20 @@ class TTSService:
         t0 = time.monotonic()
         reqs = self._batcher.submit_many(utts, timeout_s=timeout_s)
         pieces = self._collect(reqs, t0, timeout_s)
-        return Result(join_sentences(pieces, self.engine.sample_rate), self.engine.sample_rate, self._timings(reqs, t0), [u.text for u in utts])
+        return self._result(utts, reqs, pieces, t0)
+
+    async def submit_async(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None,
+                           timeout_s: float | None = None, **options) -> Result:
+        """submit() for an event loop (a Serve replica): awaits the batcher instead of holding a thread.
+
+        options are the request's other keywords, passed on to plan() unchanged.
+        """
+        utts = self.plan(text, speaker, emotion, seed, **options)
+        timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
+        t0 = time.monotonic()
+        reqs = self._batcher.submit_many(utts, timeout_s=timeout_s)
+        pieces = await self._collect_async(reqs, t0, timeout_s)
+        return self._result(utts, reqs, pieces, t0)
 
     def stream(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None) -> Iterator[Piece]:
         """Yield each sentence's audio in order as soon as it is ready.
@@ -216,18 +237,47 @@ class TTSService:
                 reqs += self._batcher.submit_many(utts[1:], timeout_s=timeout_s)
             for i, req in enumerate(reqs):
                 audio = self._collect([req], t0, timeout_s)[0]
-                yield Piece(i, len(utts), utts[i].text, audio, self.engine.sample_rate, time.monotonic() - t0)
+                yield self._piece(utts, i, audio, t0)
         finally:
             for req in reqs:  # a consumer that stops early (closed browser) frees the queue
                 req.future.cancel()
 
-    def _collect(self, reqs: list[Request], t0: float, timeout_s: float) -> list[np.ndarray]:
-        out = []
+    async def stream_async(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None,
+                           timeout_s: float | None = None, **options) -> AsyncIterator[Piece]:
+        """stream() for an event loop: the same order and batching, awaiting the batcher."""
+        utts = self.plan(text, speaker, emotion, seed, **options)
+        timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
+        t0 = time.monotonic()
+        reqs = self._batcher.submit_many(utts[:1], timeout_s=timeout_s)
         try:
+            if len(utts) > 1:
+                await _started(reqs[0], timeout_s)
+                reqs += self._batcher.submit_many(utts[1:], timeout_s=timeout_s)
+            for i, req in enumerate(reqs):
+                audio = (await self._collect_async([req], t0, timeout_s))[0]
+                yield self._piece(utts, i, audio, t0)
+        finally:
+            for req in reqs:  # a caller that goes away (cancelled task) frees the queue
+                req.future.cancel()
+
+    def _collect(self, reqs: list[Request], t0: float, timeout_s: float) -> list[np.ndarray]:
+        with self._answering(reqs, timeout_s):
+            return [req.future.result(max(0.0, timeout_s - (time.monotonic() - t0))) for req in reqs]
+
+    async def _collect_async(self, reqs: list[Request], t0: float, timeout_s: float) -> list[np.ndarray]:
+        with self._answering(reqs, timeout_s):
+            out = []
             for req in reqs:
                 remaining = max(0.0, timeout_s - (time.monotonic() - t0))
-                out.append(req.future.result(remaining))
-        except FutureTimeout:
+                out.append(await asyncio.wait_for(asyncio.wrap_future(req.future), remaining))
+            return out
+
+    @contextmanager
+    def _answering(self, reqs: list[Request], timeout_s: float) -> Iterator[None]:
+        """Turn a caller's wait into its answer: a timeout becomes a SynthesisError; unfinished items are skipped."""
+        try:
+            yield
+        except TimeoutError:  # concurrent.futures' and asyncio's timeouts are both TimeoutError since 3.11
             raise SynthesisError(f"timed out after {timeout_s:.0f} s waiting for synthesis") from None
         except SynthesisError:
             self.errors += 1
@@ -235,7 +285,13 @@ class TTSService:
         finally:
             for req in reqs:
                 req.future.cancel()  # no-op for finished ones; skips the rest if we gave up
-        return out
+
+    def _result(self, utts: list[Utterance], reqs: list[Request], pieces: list[np.ndarray], t0: float) -> Result:
+        rate = self.engine.sample_rate
+        return Result(join_sentences(pieces, rate), rate, self._timings(reqs, t0), [u.text for u in utts])
+
+    def _piece(self, utts: list[Utterance], index: int, audio: np.ndarray, t0: float) -> Piece:
+        return Piece(index, len(utts), utts[index].text, audio, self.engine.sample_rate, time.monotonic() - t0)
 
     def _timings(self, reqs: list[Request], t0: float) -> Timings:
         done = max(r.done_at for r in reqs)
@@ -283,6 +339,7 @@ class TTSService:
             "status": "ok" if self.engine.loaded else "not loaded",
             "engine": self.engine.name,
             "model_loaded": self.engine.loaded,
+            "worker_alive": b.alive(),
             "device": self.engine.device,
             "precision": self.engine.precision,
             "sample_rate": self.engine.sample_rate,
@@ -300,6 +357,13 @@ class TTSService:
             "uptime_s": round(time.time() - self.started_at, 1),
             "memory": memory_figures(),
         }
+
+
+async def _started(req: Request, timeout_s: float, poll_s: float = 0.002) -> None:
+    """Wait, without holding a thread, until the worker takes req into a batch (or timeout_s passes)."""
+    deadline = time.monotonic() + timeout_s
+    while not req.started.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(poll_s)
 
 
 def memory_figures() -> dict[str, float | None]:

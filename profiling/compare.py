@@ -44,7 +44,7 @@ def make_grid(fp16: Sequence[bool], batch: Sequence[int], clear_cache: Sequence[
 
 
 def _torch_cuda(service):
-    if not service.engine.device.startswith("cuda"):
+    if not service.engine.device.startswith("cuda") or not service.owns_engine:  # replicas: their monitors' figures
         return None
     import torch
 

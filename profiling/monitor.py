@@ -157,24 +157,7 @@ class Monitor:
 
     def summary(self, t0: float, t1: float) -> dict[str, float]:
         """Peaks and means over samples with t0 <= t <= t1; NaN where a metric was not available."""
-        window = [row for row in self._rows() if t0 <= row["t"] <= t1]
-        df = _to_frame(window)
-        peak_allocated_mib = _max(df["torch_allocated_mib"])
-        # 4 Hz sampling misses short allocation spikes, but torch keeps its own high-water mark: when it
-        # changes between two samples inside the window, its new value was reached inside the window.
-        peaks = df["torch_peak_mib"].tolist()
-        for before, after in zip(peaks, peaks[1:]):
-            if not math.isnan(before) and not math.isnan(after) and after != before:
-                peak_allocated_mib = after if math.isnan(peak_allocated_mib) else max(peak_allocated_mib, after)
-        return {
-            "peak_vram_used_mib": _max(df["vram_used_mib"]),
-            "peak_torch_allocated_mib": peak_allocated_mib,
-            "peak_torch_reserved_mib": _max(df["torch_reserved_mib"]),
-            "mean_gpu_util_pct": _mean(df["gpu_util_pct"]),
-            "peak_rss_mib": _max(df["rss_mib"]),
-            "mean_cpu_pct": _mean(df["cpu_pct"]),
-            "n_samples": len(window),
-        }
+        return window_summary(_to_frame([row for row in self._rows() if t0 <= row["t"] <= t1]))
 
     # -- sampling -----------------------------------------------------------------------------------
 
@@ -319,6 +302,26 @@ class Monitor:
         if key not in self._logged:
             self._logged.add(key)
             log.log(level, message, *args, exc_info=exc_info)
+
+
+def window_summary(df: pd.DataFrame) -> dict[str, float]:
+    """Peaks and means over a window of samples (a frame with SAMPLE_COLUMNS); NaN where a metric was not available."""
+    peak_allocated_mib = _max(df["torch_allocated_mib"])
+    # 4 Hz sampling misses short allocation spikes, but torch keeps its own high-water mark: when it
+    # changes between two samples inside the window, its new value was reached inside the window.
+    peaks = df["torch_peak_mib"].tolist()
+    for before, after in zip(peaks, peaks[1:]):
+        if not math.isnan(before) and not math.isnan(after) and after != before:
+            peak_allocated_mib = after if math.isnan(peak_allocated_mib) else max(peak_allocated_mib, after)
+    return {
+        "peak_vram_used_mib": _max(df["vram_used_mib"]),
+        "peak_torch_allocated_mib": peak_allocated_mib,
+        "peak_torch_reserved_mib": _max(df["torch_reserved_mib"]),
+        "mean_gpu_util_pct": _mean(df["gpu_util_pct"]),
+        "peak_rss_mib": _max(df["rss_mib"]),
+        "mean_cpu_pct": _mean(df["cpu_pct"]),
+        "n_samples": len(df),
+    }
 
 
 def _device_handle(nvml: Any, cuda_index: int) -> Any:

@@ -99,8 +99,9 @@ class Handlers:
             f"max wait {s['max_wait_ms']:.0f} ms, cache clearing {'on' if s['clear_cache'] else 'off'} · "
             f"queue {h['queue_depth']}/{h['queue_capacity']} · {h['batches_run']} batches, {h['items_failed']} failed"
         )
+        replicas = [r["summary"] for r in h.get("replicas", ())]  # Ray Serve front: one line per replica
         notes = [n for n in (*self.service.engine.notes, self.monitor.note) if n]
-        return line + "".join(f"  \n_{n}_" for n in notes)
+        return line + "".join(f"  \n{r}" for r in replicas) + "".join(f"  \n_{n}_" for n in notes)
 
     def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool) -> str:
         """Queue a settings change; it takes effect between batches. Returns the status line once in force."""
