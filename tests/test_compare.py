@@ -68,10 +68,13 @@ def test_two_setting_grid_on_the_real_engine(engine, tmp_path):
     pd.testing.assert_series_equal(back["throughput_audio_s_per_s"], df["throughput_audio_s_per_s"], check_dtype=False)
 
 
+CUDA_TEXTS = ["你好。", "谢谢。", "今天天气很好。", "我们一起去公园散步吧。"]  # also exported for the GPU box (gpu_prepare.sh)
+
+
 @pytest.mark.requires_cuda
 def test_fp16_and_graph_settings_run_on_cuda(cuda_engine):
     svc = TTSService(cuda_engine, BatchSettings(max_batch_size=4)).start(warmup=False)
-    texts = ["你好。", "谢谢。", "今天天气很好。", "我们一起去公园散步吧。"]
+    texts = CUDA_TEXTS
     df = run_grid(svc, None, [GridPoint(True, 4, True), GridPoint(False, 4, False, True), GridPoint(True, 4, False, True)],
                   texts, concurrency=4, quality_texts=4)
     svc.close()

@@ -86,16 +86,18 @@ class GraphSet:
         self.arena = Arena(device)
         self._pool = None  # the first capture's private pool, shared by the later ones
         self._runners: dict[tuple, Step] = {}
-        self._pool_bytes = 0  # memory reserved by the graphs' private pool (their temporaries)
+        # Device memory is read as the allocator's reserved bytes with its cache emptied (torch.cuda.graph empties it
+        # too): what the arena and the graphs' private pool hold, and nothing else can use, since this set began.
+        self._base_bytes = _held_bytes() if self.captured else 0
+        self._graph_bytes = 0
 
     def add(self, key: tuple, step: Step) -> None:
         """Register the step of one bucket; on CUDA capture it now (raises whatever capture raises, e.g. OOM)."""
         if not self.captured:
             self._runners[key] = step
             return
-        before = _reserved_bytes(self.device)
         self._runners[key], self._pool = capture(step, self._pool)
-        self._pool_bytes += _reserved_bytes(self.device) - before
+        self._graph_bytes = _held_bytes() - self._base_bytes
 
     def run(self, key: tuple) -> None:
         self._runners[key]()
@@ -109,12 +111,15 @@ class GraphSet:
     @property
     def memory_mib(self) -> float:
         """Device memory the static path holds: its buffers plus the graphs' private pool."""
-        return (self.arena.bytes + self._pool_bytes) / 2**20
+        return max(self.arena.bytes, self._graph_bytes) / 2**20
 
     def describe(self) -> str:
         what = f"{len(self)} CUDA graphs captured" if self.captured else f"{len(self)} static shapes (no capture)"
         return f"{what}, {self.memory_mib:.0f} MiB"
 
 
-def _reserved_bytes(device: str) -> int:
-    return torch.cuda.memory_reserved(device) if torch.cuda.is_available() else 0
+def _held_bytes() -> int:
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_reserved()
