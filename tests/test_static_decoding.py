@@ -110,6 +110,31 @@ def test_capture_failure_falls_back_to_the_dynamic_loop_with_a_note(engine, monk
     assert not any("CUDA graph" in n for n in engine.notes)  # turning graphs off clears the note
 
 
+def submit_together(svc: TTSService, jobs: list[tuple[str, str]], while_running=lambda: None) -> tuple[list, object]:
+    """Every job submitted at the same instant from its own thread; while_running() runs meanwhile. Returns the
+    (job, result) pairs and what while_running returned."""
+    barrier = threading.Barrier(len(jobs) + 1)
+
+    def call(job):
+        barrier.wait()
+        return job, svc.submit(*job)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(call, job) for job in jobs]
+        barrier.wait()
+        during = while_running()
+        return [f.result(300) for f in futures], during
+
+
+def assert_own_audio(alone: dict, results: list) -> None:
+    assert sorted(job for job, _ in results) == sorted(alone)  # none missing, none twice
+    for job, res in results:
+        ref = alone[job]
+        assert abs(len(ref) - len(res.audio)) <= 256, job
+        k = min(len(ref), len(res.audio))
+        assert np.corrcoef(ref[:k], res.audio[:k])[0, 1] > 0.99, job
+
+
 def test_switching_graphs_mid_load_loses_nothing(engine, eager_capture):
     phrases = ["春天来了", "花儿开了", "小鸟在唱歌", "我们去上学", "今天下雨了", "请关好窗户", "电脑很好用", "火车开得很快",
                "妈妈做晚饭", "爸爸在看书", "猫在睡觉", "狗在院子里", "天空很蓝", "大海很宽", "山上有雪", "河水很清"]
@@ -117,28 +142,14 @@ def test_switching_graphs_mid_load_loses_nothing(engine, eager_capture):
     svc = TTSService(engine, BatchSettings(max_batch_size=8, max_wait_ms=30, cuda_graphs=False), ServeSettings()).start(warmup=False)
     try:
         alone = {job: svc.submit(*job).audio for job in jobs}  # dynamic loop, one at a time
-        barrier = threading.Barrier(len(jobs) + 1)
-
-        def call(job):
-            barrier.wait()
-            return job, svc.submit(*job)
-
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = [pool.submit(call, job) for job in jobs]
-            barrier.wait()
-            switched = [svc.apply_settings(cuda_graphs=on).cuda_graphs for on in (True, False, True)]
-            results = [f.result(300) for f in futures]
+        switch = lambda: [svc.apply_settings(cuda_graphs=on).cuda_graphs for on in (True, False, True)]  # noqa: E731
+        results, switched = submit_together(svc, jobs, switch)
         assert switched == [True, False, True] and svc.health()["cuda_graphs"] is True
         assert svc.health()["cuda_graphs_detail"].endswith("lengths)")  # what the panel shows: count, MiB, buckets
     finally:
         svc.close()
         engine.set_cuda_graphs(False)
-    assert sorted(job for job, _ in results) == sorted(jobs)  # none missing, none twice
-    for job, res in results:
-        ref = alone[job]
-        assert abs(len(ref) - len(res.audio)) <= 256, job
-        k = min(len(ref), len(res.audio))
-        assert np.corrcoef(ref[:k], res.audio[:k])[0, 1] > 0.99, job
+    assert_own_audio(alone, results)
 
 
 # --- Sambert ---------------------------------------------------------------------------------------------------
@@ -227,23 +238,13 @@ def test_cuda_32_concurrent_callers_own_audio_with_graphs_on(cuda_engine):
         assert svc.settings.cuda_graphs
         jobs = [(PHRASES[i], MIXED_SPEAKERS[i % 4]) for i in range(32)]
         alone = {job: svc.submit(*job).audio for job in jobs}
-        barrier = threading.Barrier(32)
-
-        def call(job):
-            barrier.wait()
-            return job, svc.submit(*job)
-
-        with ThreadPoolExecutor(32) as pool:
-            results = list(pool.map(call, jobs))
+        results, _ = submit_together(svc, jobs)
         sizes = [r.size for r in svc.batch_log[len(jobs):]]
     finally:
         svc.close()
         cuda_engine.set_cuda_graphs(False)
-    assert sorted(job for job, _ in results) == sorted(jobs) and max(sizes) > 1
-    for job, res in results:
-        ref = alone[job]
-        k = min(len(ref), len(res.audio))
-        assert abs(len(ref) - len(res.audio)) <= 256 and np.corrcoef(ref[:k], res.audio[:k])[0, 1] > 0.99, job
+    assert max(sizes) > 1
+    assert_own_audio(alone, results)
 
 
 @pytest.mark.requires_cuda

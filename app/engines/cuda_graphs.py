@@ -28,6 +28,13 @@ def bucket_for(n: int, buckets: tuple[int, ...]) -> int | None:
     return next((b for b in buckets if b >= n), None)
 
 
+def pick_bucket(n: int, length: int, batch_buckets: tuple[int, ...], length_buckets: tuple[int, ...]) -> tuple[int, int] | None:
+    """(batch bucket, length bucket) for n items padded to `length`, or None when either is beyond its largest bucket
+    (such a batch decodes with the dynamic loop)."""
+    batch, span = bucket_for(n, batch_buckets), bucket_for(length, length_buckets)
+    return None if batch is None or span is None else (batch, span)
+
+
 def capture_possible(device: str) -> bool:
     """Whether graphs can be captured on this device (CUDA only)."""
     return device.startswith("cuda") and torch.cuda.is_available()

@@ -106,13 +106,10 @@ class StaticTacotronDecoder:
     def decode(self, memory: torch.Tensor, processed: torch.Tensor, lengths: torch.Tensor, dropout: torch.Tensor,
                limits: list[int]) -> tuple[torch.Tensor, list[int], list[bool]] | None:
         """Like Tacotron._decode_dynamic: decoder mel (n, 80, max_len), frame counts, gate flags; None if no bucket fits."""
-        n, length = memory.shape[:2]
-        batch = cuda_graphs.bucket_for(n, self.batch_buckets)
-        span = cuda_graphs.bucket_for(length, MEMORY_BUCKETS)
-        if batch is None or span is None or memory.dtype != self.dtype:
+        key = cuda_graphs.pick_bucket(len(memory), memory.shape[1], self.batch_buckets, MEMORY_BUCKETS)
+        if key is None or memory.dtype != self.dtype:
             return None
-        b = self._buffers[(batch, span)]
-        device = memory.device
+        b, batch, n, device = self._buffers[key], key[0], len(memory), memory.device
         self._load(b, memory, processed, lengths, limits)
         k = self.chunk_steps
         chunks = math.ceil(max(limits) / k)
@@ -121,7 +118,7 @@ class StaticTacotronDecoder:
         mel = torch.empty(batch, chunks * k, N_MELS, device=device, dtype=self.dtype)
         for c in range(chunks):
             b.drop.copy_(drop[:, c * k : (c + 1) * k])
-            self.graphs.run((batch, span))
+            self.graphs.run(key)
             mel[:, c * k : (c + 1) * k].copy_(b.mel)
             if bool(b.all_done):  # the one host read per chunk
                 break

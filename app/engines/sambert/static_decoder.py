@@ -103,17 +103,16 @@ class StaticPncaDecoder:
     def decode(self, memory: torch.Tensor, steps: torch.Tensor, band: torch.Tensor) -> torch.Tensor | None:
         """Like MelDecoder.forward: memory (n, S, d_mem) -> (n, S, r * mels); None if no bucket fits this batch."""
         n, n_steps = memory.shape[:2]
-        batch = cuda_graphs.bucket_for(n, self.batch_buckets)
-        span = cuda_graphs.bucket_for(n_steps, STEP_BUCKETS)
-        if batch is None or span is None or memory.dtype != self.dtype:
+        key = cuda_graphs.pick_bucket(n, n_steps, self.batch_buckets, STEP_BUCKETS)
+        if key is None or memory.dtype != self.dtype:
             return None
-        b = self._buffers[(batch, span)]
+        b, batch = self._buffers[key], key[0]
         self._load(b, memory, steps, band)
         k = self.chunk_steps
         chunks = math.ceil(n_steps / k)
         out = torch.empty(batch, chunks * k, b.out.shape[-1], device=memory.device, dtype=self.dtype)
         for c in range(chunks):
-            self.graphs.run((batch, span))
+            self.graphs.run(key)
             out[:, c * k : (c + 1) * k].copy_(b.out)
         return out[:n, :n_steps]
 
