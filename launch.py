@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -35,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--max-batch-size", type=int, default=BatchSettings.max_batch_size)
     b.add_argument("--max-wait-ms", type=float, default=BatchSettings.max_wait_ms)
     b.add_argument("--clear-cache", action=argparse.BooleanOptionalAction, default=False, help="empty the CUDA cache after every batch")
+    b.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=BatchSettings.cuda_graphs,
+                   help="decode by replaying CUDA graphs captured at start-up (CUDA only; off: the dynamic loop)")
     s = p.add_argument_group("serving")
     s.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to bind (0.0.0.0 for all)")
     s.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -65,7 +68,8 @@ def settings_from(args: argparse.Namespace) -> tuple[EngineSettings, BatchSettin
 
         emotions = parse_emotions_option(args.emotions)
     engine = EngineSettings(name=args.engine, model=args.model, device=args.device, emotions=emotions)
-    batch = BatchSettings(fp16=args.fp16, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, clear_cache=args.clear_cache)
+    batch = BatchSettings(fp16=args.fp16, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, clear_cache=args.clear_cache,
+                          cuda_graphs=args.cuda_graphs)
     serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth)
     return engine, batch, serve
 
@@ -103,7 +107,8 @@ def say(args: argparse.Namespace, engine_settings: EngineSettings, batch: BatchS
     from app.service import TTSService
 
     engine = load_engine(engine_settings, batch.fp16)
-    with TTSService(engine, batch, serve).start(warmup=False) as service:
+    one_shot = dataclasses.replace(batch, cuda_graphs=False)  # one text: capturing every bucket would cost more than it saves
+    with TTSService(engine, one_shot, serve).start(warmup=False) as service:
         result = service.submit(args.say, args.speaker or engine.default_speaker, args.emotion, seed=args.seed)
     write_wav(args.out, result.audio, result.sample_rate)
     print(f"wrote {args.out}: {len(result.audio) / result.sample_rate:.2f} s at {result.sample_rate} Hz, "
@@ -129,6 +134,7 @@ def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: Serv
 
     engine = load_engine(engine_settings, batch.fp16)
     service = TTSService(engine, batch, serve).start(warmup=False)
+    log.info("decoder: %s", engine.cuda_graphs_detail or "dynamic loop")
     if warmup:
         log.info("warming up every speaker and a few batch shapes ...")
         log.info("warm-up done in %.1f s", service.warmup())

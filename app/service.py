@@ -105,7 +105,9 @@ class TTSService:
     def __init__(self, engine: EngineBase, batch: BatchSettings = BatchSettings(), serve: ServeSettings = ServeSettings()) -> None:
         self.engine = engine
         self.serve = serve
-        self._settings = dataclasses.replace(batch, fp16=batch.fp16 and engine.fp16_supported)
+        # CUDA graphs are captured by the worker when the service starts; until then the dynamic loop is in force.
+        self._requested_graphs = batch.cuda_graphs
+        self._settings = dataclasses.replace(batch, fp16=batch.fp16 and engine.fp16_supported, cuda_graphs=engine.cuda_graphs)
         self.errors = 0
         self._batcher = Batcher(
             self._run_batch,
@@ -122,6 +124,8 @@ class TTSService:
     def start(self, warmup: bool = True) -> "TTSService":
         """Start the worker; warm up every speaker and a few batch shapes so no user pays for it."""
         self._batcher.start()
+        wanted = dataclasses.replace(self._settings, cuda_graphs=self._requested_graphs)
+        self._batcher.between_batches(lambda: self._apply(wanted, capture=True)).result()  # captured by the worker
         if warmup:
             self.warmup()
         return self
@@ -164,18 +168,27 @@ class TTSService:
         Returns a future resolving to the settings in force once applied.
         """
         wanted = dataclasses.replace(self._settings, **changes)  # validates
+        return self._batcher.between_batches(lambda: self._apply(wanted))
 
-        def apply() -> BatchSettings:
-            fp16 = wanted.fp16
-            if fp16 != self.engine.fp16 or (fp16 and not self.engine.fp16_supported):
-                self.engine.set_precision(fp16)
-                fp16 = self.engine.fp16
-            self._batcher.max_batch_size = self._effective_batch(wanted.max_batch_size)
-            self._batcher.max_wait_ms = wanted.max_wait_ms
-            self._settings = dataclasses.replace(wanted, fp16=fp16)
-            return self._settings
+    def _apply(self, wanted: BatchSettings, capture: bool = False) -> BatchSettings:
+        """On the worker thread: put wanted in force as far as the engine can; return what is in force.
 
-        return self._batcher.between_batches(apply)
+        Graphs are captured when newly asked for (or capture=True, at start): a capture that failed is not retried
+        by every unrelated change, only by asking again.
+        """
+        engine = self.engine
+        capture = wanted.cuda_graphs and (capture or not self._requested_graphs)
+        self._requested_graphs = wanted.cuda_graphs
+        if engine.cuda_graphs and not wanted.cuda_graphs:  # off first: a precision change then recaptures nothing
+            engine.set_cuda_graphs(False)
+        if wanted.fp16 != engine.fp16 or (wanted.fp16 and not engine.fp16_supported):
+            engine.set_precision(wanted.fp16)  # recaptures graphs in force for the new dtype
+        if capture and not engine.cuda_graphs:
+            engine.set_cuda_graphs(True)  # a failed capture leaves the dynamic loop in force, with a note
+        self._batcher.max_batch_size = self._effective_batch(wanted.max_batch_size)
+        self._batcher.max_wait_ms = wanted.max_wait_ms
+        self._settings = dataclasses.replace(wanted, fp16=engine.fp16, cuda_graphs=engine.cuda_graphs)
+        return self._settings
 
     def apply_settings(self, timeout_s: float = 120.0, **changes) -> BatchSettings:
         """update_settings and wait until the change is in force."""
@@ -342,6 +355,8 @@ class TTSService:
             "worker_alive": b.alive(),
             "device": self.engine.device,
             "precision": self.engine.precision,
+            "cuda_graphs": self.engine.cuda_graphs,  # in force: False means the dynamic decoding loop
+            "cuda_graphs_detail": self.engine.cuda_graphs_detail or None,
             "sample_rate": self.engine.sample_rate,
             "speakers": len(self.engine.speakers),
             "emotions": list(self.engine.emotions),

@@ -46,6 +46,7 @@ class BatchSettings:
     max_batch_size: int = 8  # most items run in one engine call
     max_wait_ms: float = 15.0  # how long the first waiting item may wait for others to join its batch
     clear_cache: bool = False  # torch.cuda.empty_cache() + gc.collect() after every batch
+    cuda_graphs: bool = True  # decode by replaying CUDA graphs captured per batch/length bucket (CUDA only)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch_size <= 64:

@@ -1,6 +1,9 @@
 """Run one workload under a grid of settings on the resident service -> one row per setting -> CSV/JSON.
 
-CLI: python -m profiling.compare --fp16 on,off --batch 1,4,8 --clear-cache on,off --concurrency 8 --out results.csv
+CLI: python -m profiling.compare --fp16 on,off --batch 1,4,8 --clear-cache on,off --cuda-graphs on,off --concurrency 8 --out results.csv
+
+Every row carries the quality cost of its setting beside its speed: the same texts and seeds are first rendered by the
+FP32, graphs-off reference (one at a time), and each setting's audio for them is compared with it (profiling.quality).
 """
 from __future__ import annotations
 
@@ -10,16 +13,19 @@ import logging
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import pandas as pd
 
 from profiling.loadgen import WORKLOAD_FILE, load_workload, run_load, service_caller, summarize
+from profiling.quality import quality_summary
 
+QUALITY_TEXTS = 8  # texts rendered per setting for the quality columns (the workload's first ones)
 COLUMNS = [
-    "setting", "status", "fp16", "max_batch_size", "clear_cache", "requests", "errors", "p50_latency_s", "p95_latency_s",
-    "throughput_audio_s_per_s", "rtf", "mean_batch_size", "peak_torch_allocated_mib", "peak_torch_reserved_mib",
+    "setting", "status", "fp16", "max_batch_size", "clear_cache", "cuda_graphs", "requests", "errors", "p50_latency_s",
+    "p95_latency_s", "throughput_audio_s_per_s", "rtf", "mcd_db", "frames_changed_share", "nonfinite_items", "mean_batch_size", "peak_torch_allocated_mib", "peak_torch_reserved_mib",
     "peak_vram_used_mib", "mean_gpu_util_pct", "peak_rss_mib", "wall_s", "engine", "device", "precision",
 ]
 
@@ -31,16 +37,47 @@ class GridPoint:
     fp16: bool
     max_batch_size: int
     clear_cache: bool
+    cuda_graphs: bool = False
 
     @property
     def label(self) -> str:
         on = lambda b: "on" if b else "off"  # noqa: E731
-        return f"fp16={on(self.fp16)} batch={self.max_batch_size} clear={on(self.clear_cache)}"
+        return f"fp16={on(self.fp16)} batch={self.max_batch_size} clear={on(self.clear_cache)} graphs={on(self.cuda_graphs)}"
+
+    def settings(self) -> dict:
+        """The live settings this point applies."""
+        return dict(fp16=self.fp16, max_batch_size=self.max_batch_size, clear_cache=self.clear_cache, cuda_graphs=self.cuda_graphs)
 
 
-def make_grid(fp16: Sequence[bool], batch: Sequence[int], clear_cache: Sequence[bool]) -> list[GridPoint]:
+REFERENCE = GridPoint(fp16=False, max_batch_size=1, clear_cache=False, cuda_graphs=False)  # what quality is measured against
+
+
+def make_grid(fp16: Sequence[bool], batch: Sequence[int], clear_cache: Sequence[bool],
+              cuda_graphs: Sequence[bool] = (False,)) -> list[GridPoint]:
     """Cartesian product, in the order given."""
-    return [GridPoint(f, b, c) for f, b, c in itertools.product(fp16, batch, clear_cache)]
+    return [GridPoint(f, b, c, g) for f, b, c, g in itertools.product(fp16, batch, clear_cache, cuda_graphs)]
+
+
+def render(service, texts: Sequence[str], concurrency: int) -> list:
+    """Each text's audio through the service under the settings in force (seeds come from text and speaker)."""
+    speaker = service.engine.default_speaker
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        return [r.audio for r in pool.map(lambda t: service.submit(t, speaker), texts)]
+
+
+def render_reference(service, texts: Sequence[str]) -> list:
+    """The quality reference: FP32, graphs off, one text at a time."""
+    service.apply_settings(**REFERENCE.settings())
+    return render(service, texts, concurrency=1)
+
+
+def _skip_reason(engine, point: GridPoint) -> str | None:
+    if point.fp16 and not engine.fp16_supported:
+        return f"skipped: FP16 needs CUDA (device {engine.device})"
+    if point.cuda_graphs and not engine.cuda_graphs_supported:
+        why = f"need CUDA (device {engine.device})" if engine.cuda_graphs_capable else f"are not available for {engine.name}"
+        return f"skipped: CUDA graphs {why}"
+    return None
 
 
 def _torch_cuda(service):
@@ -51,15 +88,16 @@ def _torch_cuda(service):
     return torch
 
 
-def run_setting(service, monitor, point: GridPoint, texts: Sequence[str], concurrency: int, repeats: int, warmup: bool = True) -> dict:
-    """Apply one setting, warm up, run the workload, and measure it."""
+def run_setting(service, monitor, point: GridPoint, texts: Sequence[str], concurrency: int, repeats: int, warmup: bool = True,
+                reference: tuple[Sequence[str], Sequence] | None = None) -> dict:
+    """Apply one setting, warm up, run the workload, and measure it; with reference (texts, audio) also its quality."""
     row = {c: float("nan") for c in COLUMNS}
-    row.update(setting=point.label, fp16=point.fp16, max_batch_size=point.max_batch_size, clear_cache=point.clear_cache,
-               engine=service.engine.name, device=service.engine.device)
-    if point.fp16 and not service.engine.fp16_supported:
-        row.update(status=f"skipped: FP16 needs CUDA (device {service.engine.device})", precision="n/a")
+    row.update(setting=point.label, engine=service.engine.name, device=service.engine.device, **point.settings())
+    skipped = _skip_reason(service.engine, point)
+    if skipped:
+        row.update(status=skipped, precision="n/a")
         return row
-    service.apply_settings(fp16=point.fp16, max_batch_size=point.max_batch_size, clear_cache=point.clear_cache)
+    applied = service.apply_settings(**point.settings())
     row["precision"] = service.engine.precision
     call = service_caller(service)
     if warmup:
@@ -84,25 +122,38 @@ def run_setting(service, monitor, point: GridPoint, texts: Sequence[str], concur
     if torch is not None:  # exact allocator peaks beat 4 Hz sampling
         row["peak_torch_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
         row["peak_torch_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+    if reference is not None:
+        ref_texts, ref_audio = reference
+        row.update(quality_summary(ref_audio, render(service, ref_texts, concurrency), service.engine.sample_rate))
     note = "" if torch is not None or not point.clear_cache else " (no CUDA: cache clearing is only gc.collect)"
+    if point.cuda_graphs and not applied.cuda_graphs:
+        note += " (CUDA graphs not in force: " + "; ".join(service.engine.notes) + ")"
     row["status"] = ("ok" if not row["errors"] else f"{int(row['errors'])} error(s)") + note
     return row
 
 
 def run_grid(
     service, monitor, points: Sequence[GridPoint], texts: Sequence[str], concurrency: int = 8, repeats: int = 1,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None, quality_texts: int = QUALITY_TEXTS,
 ) -> pd.DataFrame:
-    """Every grid point on the same workload; the service's own settings are restored afterwards."""
+    """Every grid point on the same workload; the service's own settings are restored afterwards.
+
+    quality_texts: how many of the texts the reference renders for the quality columns (0: no quality columns).
+    """
     before = service.settings
     rows = []
     try:
+        reference = None
+        if quality_texts > 0:
+            ref_texts = list(texts[:quality_texts])
+            reference = (ref_texts, render_reference(service, ref_texts))
         for i, point in enumerate(points):
             if progress is not None:
                 progress(i, len(points), point.label)
-            rows.append(run_setting(service, monitor, point, texts, concurrency, repeats))
+            rows.append(run_setting(service, monitor, point, texts, concurrency, repeats, reference=reference))
     finally:
-        service.apply_settings(fp16=before.fp16, max_batch_size=before.max_batch_size, clear_cache=before.clear_cache)
+        service.apply_settings(fp16=before.fp16, max_batch_size=before.max_batch_size, clear_cache=before.clear_cache,
+                               cuda_graphs=before.cuda_graphs)
     if progress is not None:
         progress(len(points), len(points), "done")
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -130,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp16", type=_on_off, default=[True, False], help="on,off")
     p.add_argument("--batch", type=_ints, default=[1, 4, 8], help="max batch sizes, e.g. 1,4,8")
     p.add_argument("--clear-cache", type=_on_off, default=[False], help="on,off")
+    p.add_argument("--cuda-graphs", type=_on_off, default=[True, False], help="on,off (on is skipped without CUDA)")
+    p.add_argument("--quality-texts", type=int, default=QUALITY_TEXTS, help="texts rendered for the quality columns (0: none)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--texts", default=str(WORKLOAD_FILE), help="one sentence per line")
@@ -156,20 +209,23 @@ def main(argv: list[str] | None = None) -> int:
     else:
         engine = create_engine(EngineSettings(name=args.engine, model=args.model, device=args.device))
     engine.load(args.device, fp16=any(args.fp16))
-    service = TTSService(engine, BatchSettings(fp16=False, max_batch_size=max(args.batch), max_wait_ms=args.max_wait_ms), ServeSettings(queue_size=4096))
+    service = TTSService(engine, BatchSettings(fp16=False, max_batch_size=max(args.batch), max_wait_ms=args.max_wait_ms, cuda_graphs=False),
+                         ServeSettings(queue_size=4096))
     service.start(warmup=True)
     monitor = Monitor(extra=service.stats).start()
     texts = load_workload(args.texts)
     report = lambda i, n, label: print(f"[{i}/{n}] {label}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        df = run_grid(service, monitor, make_grid(args.fp16, args.batch, args.clear_cache), texts, args.concurrency, args.repeats, report)
+        grid = make_grid(args.fp16, args.batch, args.clear_cache, args.cuda_graphs)
+        df = run_grid(service, monitor, grid, texts, args.concurrency, args.repeats, report, args.quality_texts)
     finally:
         monitor.close()
         service.close()
     df.to_csv(args.out, index=False)
     if args.json:
         df.to_json(args.out.rsplit(".", 1)[0] + ".json", orient="records", indent=1)
-    shown = ["setting", "status", "p50_latency_s", "p95_latency_s", "throughput_audio_s_per_s", "rtf", "mean_batch_size",
+    shown = ["setting", "status", "p50_latency_s", "p95_latency_s", "throughput_audio_s_per_s", "rtf", "mcd_db",
+             "frames_changed_share", "nonfinite_items", "mean_batch_size",
              "peak_torch_allocated_mib", "peak_torch_reserved_mib", "peak_vram_used_mib", "mean_gpu_util_pct", "peak_rss_mib"]
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(df[shown].to_string(index=False))

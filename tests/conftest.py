@@ -31,10 +31,17 @@ def engine():
 
 @pytest.fixture(scope="session")
 def cuda_engine():
-    """The real embedded engine on CUDA (only requested by requires_cuda tests)."""
-    from app.engines.embedded.engine import EmbeddedEngine
+    """The real embedded engine on CUDA (only requested by requires_cuda tests).
 
-    eng = EmbeddedEngine()
+    On a GPU box without phkit, TTS_SYMBOLS names the ids exported beforehand (profiling/bench/gpu_prepare.sh).
+    """
+    import os
+
+    from app.engines.embedded.engine import EmbeddedEngine
+    from app.engines.embedded.frontend import precomputed_frontend
+
+    symbols = os.environ.get("TTS_SYMBOLS")
+    eng = EmbeddedEngine(frontend=precomputed_frontend(symbols) if symbols else None)
     eng.load("cuda", fp16=True)
     yield eng
     eng.unload()

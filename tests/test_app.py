@@ -55,6 +55,8 @@ def test_health_is_json(app_url):
         assert r.headers["content-type"].startswith("application/json")
         body = json.loads(r.read())
     assert body["status"] == "ok" and body["engine"] == "embedded" and body["model_loaded"]
+    # what is in force: no CUDA here, so the dynamic decoding loop, and the note says why
+    assert body["cuda_graphs"] is False and body["settings"]["cuda_graphs"] is False and "CUDA graphs need CUDA" in body["note"]
 
 
 def wav_seconds(path: str) -> float:

@@ -15,8 +15,10 @@ from profiling.monitor import Monitor
 
 def test_grid_is_the_cartesian_product_in_order():
     grid = make_grid([True, False], [1, 8], [False])
-    assert [p.label for p in grid] == ["fp16=on batch=1 clear=off", "fp16=on batch=8 clear=off",
-                                       "fp16=off batch=1 clear=off", "fp16=off batch=8 clear=off"]
+    assert [p.label for p in grid] == ["fp16=on batch=1 clear=off graphs=off", "fp16=on batch=8 clear=off graphs=off",
+                                       "fp16=off batch=1 clear=off graphs=off", "fp16=off batch=8 clear=off graphs=off"]
+    graphs = make_grid([False], [4], [False], [True, False])
+    assert [p.label for p in graphs] == ["fp16=off batch=4 clear=off graphs=on", "fp16=off batch=4 clear=off graphs=off"]
 
 
 def test_percentile_and_summary():
@@ -37,11 +39,12 @@ def test_two_setting_grid_on_the_real_engine(engine, tmp_path):
     monitor = Monitor(interval_s=0.1, extra=svc.stats).start()
     steps = []
     texts = ["春天来了。", "花儿开了。", "小鸟在唱歌。", "我们去上学。"]
-    points = [GridPoint(False, 1, False), GridPoint(False, 4, True), GridPoint(True, 4, False)]
-    df = run_grid(svc, monitor, points, texts, concurrency=4, repeats=1, progress=lambda i, n, label: steps.append(i))
+    points = [GridPoint(False, 1, False), GridPoint(False, 4, True), GridPoint(True, 4, False), GridPoint(False, 4, False, True)]
+    df = run_grid(svc, monitor, points, texts, concurrency=4, repeats=1, progress=lambda i, n, label: steps.append(i),
+                  quality_texts=3)
     monitor.close()
     svc.close()
-    assert list(df.columns) == COLUMNS and len(df) == 3
+    assert list(df.columns) == COLUMNS and len(df) == 4
     ok = df[df["status"].str.startswith("ok")]
     assert list(ok["max_batch_size"]) == [1, 4]
     assert (ok["requests"] == 4).all() and (ok["errors"] == 0).all()
@@ -51,7 +54,12 @@ def test_two_setting_grid_on_the_real_engine(engine, tmp_path):
     assert (ok["peak_rss_mib"] > 100).all()
     assert "no CUDA" in ok.iloc[1]["status"]  # cache clearing on CPU is said to be only gc.collect
     assert df.iloc[2]["status"].startswith("skipped: FP16 needs CUDA")  # reported, not faked
-    assert steps == [0, 1, 2, 3]
+    assert df.iloc[3]["status"].startswith("skipped: CUDA graphs need CUDA")
+    # quality beside speed: FP32 graphs-off against its own one-at-a-time reference is (nearly) lossless
+    assert (ok["nonfinite_items"] == 0).all() and (ok["frames_changed_share"] <= 1 / 3).all()
+    assert ok.iloc[0]["mcd_db"] < 0.5 and (ok["mcd_db"] < 2.0).all(), ok["mcd_db"].tolist()
+    assert df.iloc[2:]["mcd_db"].isna().all()  # skipped rows measure nothing
+    assert steps == [0, 1, 2, 3, 4]
     assert svc.settings.max_batch_size == 2  # restored afterwards
     path = tmp_path / "results.csv"
     df.to_csv(path, index=False)
@@ -60,9 +68,20 @@ def test_two_setting_grid_on_the_real_engine(engine, tmp_path):
     pd.testing.assert_series_equal(back["throughput_audio_s_per_s"], df["throughput_audio_s_per_s"], check_dtype=False)
 
 
+CUDA_TEXTS = ["你好。", "谢谢。", "今天天气很好。", "我们一起去公园散步吧。"]  # also exported for the GPU box (gpu_prepare.sh)
+
+
 @pytest.mark.requires_cuda
-def test_fp16_setting_runs_on_cuda(cuda_engine):
+def test_fp16_and_graph_settings_run_on_cuda(cuda_engine):
     svc = TTSService(cuda_engine, BatchSettings(max_batch_size=4)).start(warmup=False)
-    df = run_grid(svc, None, [GridPoint(True, 4, True)], ["你好。", "谢谢。"], concurrency=2)
+    texts = CUDA_TEXTS
+    df = run_grid(svc, None, [GridPoint(True, 4, True), GridPoint(False, 4, False, True), GridPoint(True, 4, False, True)],
+                  texts, concurrency=4, quality_texts=4)
     svc.close()
-    assert df.iloc[0]["status"] == "ok" and df.iloc[0]["peak_torch_allocated_mib"] > 0
+    assert (df["status"] == "ok").all(), df["status"].tolist()
+    assert df.iloc[0]["precision"].startswith("fp16") and df.iloc[1]["precision"] == "fp32"
+    assert (df["peak_torch_allocated_mib"] > 0).all()
+    # against the FP32 graphs-off reference: finite, lengths kept for most items, distortion small
+    assert (df["nonfinite_items"] == 0).all()
+    assert df.iloc[1]["frames_changed_share"] <= 0.25 and df.iloc[1]["mcd_db"] < 1.0  # graphs alone change ~nothing
+    assert (df["frames_changed_share"] <= 0.5).all() and (df["mcd_db"] < 3.0).all(), df[["mcd_db", "frames_changed_share"]]

@@ -7,6 +7,7 @@ unload); an engine class fills in its model through the `_load_model`, `_cast`, 
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import warnings
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 
 from app.errors import TTSInputError
 
+log = logging.getLogger(__name__)
 NEUTRAL = "neutral"
 WARMUP_TEXT = "你好，欢迎使用语音合成。"  # short, covers tones and punctuation: the service warms every voice with it
 
@@ -68,6 +70,7 @@ class EngineBase:
     # Utterance controls ("speed", "pitch", "volume") the engine renders itself, per item; the service applies the
     # others to the waveform after synthesis.
     controls_in_model: ClassVar[frozenset[str]] = frozenset()
+    cuda_graphs_capable: ClassVar[bool] = False  # whether the engine has a static decoder CUDA graphs can capture
 
     def __init__(self) -> None:
         self.sample_rate: int = 16000  # Hz of every waveform synthesize() returns
@@ -77,6 +80,7 @@ class EngineBase:
         self.experimental_speakers: frozenset[str] = frozenset()  # voices the UI labels as unreliable
         self._device = "cpu"
         self._fp16 = False
+        self._cuda_graphs = False
         self._notes: dict[str, str] = {}  # topic -> a visible remark (why FP16 is off, what a voice lacks)
 
     # --- what callers read -------------------------------------------------------------------------
@@ -99,6 +103,25 @@ class EngineBase:
     def precision(self) -> str:
         """What is in force, e.g. "fp16 (vocoder fp32)" or "fp32"."""
         return self.fp16_label if self._fp16 else self.fp32_label
+
+    @property
+    def cuda_graphs_supported(self) -> bool:
+        """Whether CUDA graphs can really be captured on the loaded device."""
+        if not self.cuda_graphs_capable:
+            return False
+        from app.engines import cuda_graphs  # imports torch: only engines that can capture get here
+
+        return cuda_graphs.capture_possible(self._device)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the decoder replays captured CUDA graphs now (False: the dynamic loop)."""
+        return self._cuda_graphs
+
+    @property
+    def cuda_graphs_detail(self) -> str:
+        """What the graphs hold, e.g. "42 CUDA graphs captured, 180 MiB" ("" when off)."""
+        return self._graphs_description() if self._cuda_graphs else ""
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -149,18 +172,49 @@ class EngineBase:
             fp16 = False
         else:
             self.note("precision", None)
+        graphs = self._cuda_graphs
+        if graphs:  # the graphs hold the old dtype's buffers: drop them first (less peak memory), capture again after
+            self._release_graphs()
         if self.loaded:
             self._cast(fp16)
         self._fp16 = fp16
+        if graphs:
+            self.set_cuda_graphs(True)
         return self.precision
+
+    def set_cuda_graphs(self, on: bool) -> bool:
+        """Capture the static decoder's graphs for every bucket now, or drop them; returns what is in force.
+
+        Without CUDA, or when capture fails (e.g. out of memory at warm-up), the dynamic loop stays in force and a
+        note says why: the app keeps answering either way.
+        """
+        if on and not self.cuda_graphs_supported:
+            self.note("cuda_graphs", f"CUDA graphs need CUDA; decoding with the dynamic loop on {self._device}"
+                      if self.cuda_graphs_capable else f"CUDA graphs are not available for the {self.name} engine")
+            on = False
+        else:
+            self.note("cuda_graphs", None)
+        self._release_graphs()
+        self._cuda_graphs = False
+        if on and self.loaded:
+            try:
+                self._capture_graphs()
+            except Exception as exc:  # capture must never take the app down: fall back, say so
+                self._release_graphs()
+                _free_cuda_cache()
+                why = f"CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:160]}); decoding with the dynamic loop"
+                log.warning(why)
+                self.note("cuda_graphs", why)
+                return False
+        self._cuda_graphs = on and self.loaded
+        return self._cuda_graphs
 
     def unload(self) -> None:
         """Free the model and its device memory."""
+        self._release_graphs()
+        self._cuda_graphs = False
         self._release()
-        gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _free_cuda_cache()
 
     # --- what an engine implements -----------------------------------------------------------------
     def speakable(self, text: str) -> bool:
@@ -180,3 +234,21 @@ class EngineBase:
 
     def _release(self) -> None:
         """Drop the model's references so its memory can be freed."""
+
+    def _capture_graphs(self) -> None:
+        """Build the static decoder and capture its graphs (only called when cuda_graphs_supported); may raise."""
+        raise NotImplementedError
+
+    def _release_graphs(self) -> None:
+        """Drop the static decoder and its graphs (the dynamic loop decodes again)."""
+
+    def _graphs_description(self) -> str:
+        """One line on the captured graphs: how many, how much memory."""
+        return ""
+
+
+def _free_cuda_cache() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -96,26 +96,31 @@ class Handlers:
         s = h["settings"]
         line = (
             f"**In force:** {h['engine']} on `{h['device']}`, {h['precision']}; max batch {s['max_batch_size']}, "
-            f"max wait {s['max_wait_ms']:.0f} ms, cache clearing {'on' if s['clear_cache'] else 'off'} · "
+            f"max wait {s['max_wait_ms']:.0f} ms, cache clearing {'on' if s['clear_cache'] else 'off'}, "
+            f"CUDA graphs {'on (' + h['cuda_graphs_detail'] + ')' if h['cuda_graphs'] else 'off'} · "
             f"queue {h['queue_depth']}/{h['queue_capacity']} · {h['batches_run']} batches, {h['items_failed']} failed"
         )
         replicas = [r["summary"] for r in h.get("replicas", ())]  # Ray Serve front: one line per replica
         notes = [n for n in (*self.service.engine.notes, self.monitor.note) if n]
         return line + "".join(f"  \n{r}" for r in replicas) + "".join(f"  \n_{n}_" for n in notes)
 
-    def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool) -> str:
+    def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool, cuda_graphs: bool = True) -> str:
         """Queue a settings change; it takes effect between batches. Returns the status line once in force."""
         try:
-            self.service.apply_settings(fp16=bool(fp16), max_batch_size=int(max_batch_size), max_wait_ms=float(max_wait_ms), clear_cache=bool(clear_cache))
+            self.service.apply_settings(fp16=bool(fp16), max_batch_size=int(max_batch_size), max_wait_ms=float(max_wait_ms),
+                                        clear_cache=bool(clear_cache), cuda_graphs=bool(cuda_graphs))
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         return self.status()
 
-    def compare(self, fp16: list[str], batch: list[str], clear: list[str], concurrency: float, repeats: float, n_texts: float, progress=gr.Progress()):
+    def compare(self, fp16: list[str], batch: list[str], clear: list[str], concurrency: float, repeats: float, n_texts: float,
+                graphs: list[str] | None = None, progress=gr.Progress()):
         """Run the grid on the resident service; return the table, three charts and a CSV file."""
-        if not (fp16 and batch and clear):
-            raise gr.Error("pick at least one value in each of FP16, batch size and cache clearing")
-        points = make_grid([v == "on" for v in fp16], sorted(int(b) for b in batch), [v == "on" for v in clear])
+        graphs = graphs if graphs is not None else ["off"]
+        if not (fp16 and batch and clear and graphs):
+            raise gr.Error("pick at least one value in each of FP16, batch size, cache clearing and CUDA graphs")
+        points = make_grid([v == "on" for v in fp16], sorted(int(b) for b in batch), [v == "on" for v in clear],
+                           [v == "on" for v in graphs])
         texts = self.workload[: int(n_texts)]
 
         def report(i: int, n: int, label: str) -> None:

@@ -1,12 +1,18 @@
-"""Engine benchmark: load time, per-sentence RTF at batch 1, throughput at batch 1/2/4/8, peak memory.
+"""Engine benchmark (embedded): precision x decoder x batch size -> speed, memory, GPU utilisation and fidelity.
 
-python -m profiling.bench.engine --device cpu --precision fp32 --batch 1,2,4,8
+python -m profiling.bench.engine --device cuda --precision fp32,fp16,bf16,fp16/bf16 --decoder graphs,dynamic --batch 1,8,32
+python -m profiling.bench.engine --device cpu --decoder dynamic,static,compiled --batch 1,8     (issue 11, item 6)
+
+precision: ACOUSTIC[/VOCODER] (fp32, fp16, bf16; the vocoder defaults to the engine's HALF_PRECISION table).
+decoder: dynamic (today's loop), graphs (static step replayed as CUDA graphs), static (the static step run eagerly),
+compiled (static step through torch.compile; a CPU experiment). Every row also says how far its audio is from the
+FP32 dynamic reference of the same sentences and seeds (MCD dB, share of items whose frame count changed,
+non-finite items), so the fastest precision that stays right can be chosen per module.
 On a machine without phkit (a bare GPU box), pass --symbols FILE made here with --export-symbols FILE.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
@@ -15,6 +21,8 @@ import time
 import pandas as pd
 
 from profiling.loadgen import WORKLOAD_FILE, load_workload, workload_sentences
+
+DECODERS = ("dynamic", "graphs", "static", "compiled")
 
 
 def export_symbols(path: str, texts: list[str]) -> None:
@@ -31,29 +39,94 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def set_decoder(engine, decoder: str) -> tuple[bool, float, str]:
+    """Put a decoder in force; returns (ok, seconds it took: capture or build, what is in force or why not)."""
+    t0 = time.monotonic()
+    engine.set_cuda_graphs(False)
+    engine.set_static_decoding(False)
+    if decoder == "graphs":
+        ok = engine.set_cuda_graphs(True)
+        return ok, time.monotonic() - t0, engine.cuda_graphs_detail if ok else "; ".join(engine.notes)
+    if decoder in ("static", "compiled"):
+        engine.set_static_decoding(True, compile_step=decoder == "compiled")
+    return True, time.monotonic() - t0, decoder
+
+
+def set_precision(engine, spec: str) -> str:
+    """"fp32" or "ACOUSTIC[/VOCODER]"; returns the precision in force."""
+    if spec == "fp32":
+        return engine.set_precision(False)
+    from app.engines.embedded.engine import HALF_PRECISION
+
+    acoustic, _, vocoder = spec.partition("/")
+    engine.set_half_precision(acoustic, vocoder or HALF_PRECISION["vocoder"])
+    return engine.set_precision(True)
+
+
+def run_cell(engine, utts, size: int, monitor, reference) -> dict:
+    """Warm up at this shape, then time the whole workload in batches of `size`; one flat row."""
+    import torch
+
+    from profiling.quality import quality_summary
+
+    cuda = engine.device.startswith("cuda")
+    engine.synthesize(utts[:size])
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    per_sentence_rtf, waves = [], []
+    t_wall, t_start = time.time(), time.monotonic()
+    for i in range(0, len(utts), size):
+        t = time.monotonic()
+        out = engine.synthesize(utts[i : i + size])  # returns host arrays: synchronised
+        waves += out
+        if size == 1:
+            per_sentence_rtf.append((time.monotonic() - t) / (len(out[0]) / engine.sample_rate))
+    wall = time.monotonic() - t_start
+    audio_s = sum(len(a) for a in waves) / engine.sample_rate
+    usage = monitor.summary(t_wall, time.time()) if monitor is not None else {}
+    row = {
+        "batch": size, "sentences": len(utts), "audio_s": round(audio_s, 2), "wall_s": round(wall, 3),
+        "throughput_audio_s_per_s": audio_s / wall, "rtf": wall / audio_s,
+        "rtf_b1_median": statistics.median(per_sentence_rtf) if per_sentence_rtf else float("nan"),
+        "peak_cuda_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
+        "peak_vram_used_mib": usage.get("peak_vram_used_mib", float("nan")),
+        "mean_gpu_util_pct": usage.get("mean_gpu_util_pct", float("nan")),
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    if reference is not None:
+        row.update(quality_summary(reference, waves, engine.sample_rate))
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", help="fp32,fp16")
+    p.add_argument("--precision", default="fp32", help="comma list of fp32 or ACOUSTIC[/VOCODER], e.g. fp32,fp16,bf16/bf16")
+    p.add_argument("--decoder", default="dynamic", help=f"comma list of {', '.join(DECODERS)}")
     p.add_argument("--batch", default="1,2,4,8")
     p.add_argument("--texts", default=str(WORKLOAD_FILE))
     p.add_argument("--symbols", help="precomputed symbol ids (JSON) instead of phkit")
     p.add_argument("--export-symbols", metavar="FILE", help="write symbol ids for the workload and exit")
+    p.add_argument("--no-quality", action="store_true", help="skip the FP32 dynamic reference and the fidelity columns")
     p.add_argument("--out", help="CSV of the table")
     args = p.parse_args(argv)
     texts = load_workload(args.texts)
     if args.export_symbols:
         export_symbols(args.export_symbols, texts)
         return 0
+    decoders = args.decoder.split(",")
+    unknown = [d for d in decoders if d not in DECODERS]
+    if unknown:
+        p.error(f"--decoder {','.join(unknown)!r}: choose from {', '.join(DECODERS)}")
 
     import torch
 
     from app.engines.base import Utterance
     from app.engines.embedded.engine import EmbeddedEngine
     from app.engines.embedded.frontend import precomputed_frontend
+    from profiling.monitor import Monitor
 
-    cuda = args.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     frontend = precomputed_frontend(args.symbols) if args.symbols else None
     t0 = time.monotonic()
     engine = EmbeddedEngine(frontend=frontend)
@@ -61,44 +134,52 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.monotonic() - t0
     sentences = workload_sentences(texts)
     utts = [Utterance(s, engine.default_speaker, seed=i) for i, s in enumerate(sentences)]
+    monitor = Monitor(interval_s=0.1).start() if engine.device.startswith("cuda") else None
+    reference = None if args.no_quality else engine.synthesize(utts)  # FP32, dynamic loop
     rows = []
-    for precision in args.precision.split(","):
-        engine.set_precision(precision == "fp16")
-        if precision == "fp16" and engine.precision == "fp32":
-            rows.append({"precision": precision, "status": f"skipped: FP16 needs CUDA ({engine.device})"})
-            continue
-        for size in [int(b) for b in args.batch.split(",")]:
-            engine.synthesize(utts[:size])  # warm-up at this shape
-            sync()
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            per_sentence_rtf, audio_s = [], 0.0
-            t_start = time.monotonic()
-            for i in range(0, len(utts), size):
-                t = time.monotonic()
-                out = engine.synthesize(utts[i : i + size])
-                sync()
-                seconds = sum(len(a) for a in out) / engine.sample_rate
-                audio_s += seconds
-                if size == 1:
-                    per_sentence_rtf.append((time.monotonic() - t) / seconds)
-            wall = time.monotonic() - t_start
-            rows.append({
-                "precision": engine.precision, "batch": size, "sentences": len(utts), "audio_s": round(audio_s, 2), "wall_s": round(wall, 3),
-                "throughput_audio_s_per_s": audio_s / wall, "rtf": wall / audio_s,
-                "rtf_b1_median": statistics.median(per_sentence_rtf) if per_sentence_rtf else float("nan"),
-                "peak_rss_mib": peak_rss_mib(),
-                "peak_cuda_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
-                "status": "ok",
-            })
+    try:
+        for spec in args.precision.split(","):
+            try:
+                precision = set_precision(engine, spec)
+            except Exception as exc:  # one GPU run measures everything: a precision that fails is a row, not a crash
+                rows.append({"precision": spec, "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
+                continue
+            if spec != "fp32" and not engine.fp16:
+                rows.append({"precision": spec, "status": f"skipped: {spec} needs CUDA ({engine.device})"})
+                continue
+            for decoder in decoders:
+                ok, setup_s, detail = set_decoder(engine, decoder)
+                if not ok:
+                    rows.append({"precision": precision, "decoder": decoder, "status": f"skipped: {detail}"})
+                    continue
+                for size in [int(b) for b in args.batch.split(",")]:
+                    try:
+                        row = {"precision": precision, "decoder": decoder, **run_cell(engine, utts, size, monitor, reference)}
+                    except Exception as exc:
+                        rows.append({"precision": precision, "decoder": decoder, "batch": size,
+                                     "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
+                        continue
+                    row.update(setup_s=round(setup_s, 2), detail=detail, status="ok")
+                    rows.append(row)
+                    print(f"{precision} {decoder} batch {size}: {row['throughput_audio_s_per_s']:.1f} audio s/s", file=sys.stderr, flush=True)
+    finally:
+        if monitor is not None:
+            monitor.close()
     df = pd.DataFrame(rows)
-    base = df.loc[(df.get("batch") == 1) & (df["status"] == "ok")].groupby("precision")["throughput_audio_s_per_s"].first() if "batch" in df else {}
     if "batch" in df:
-        df["speedup_vs_b1"] = [r.throughput_audio_s_per_s / base.get(r.precision, float("nan")) if r.status == "ok" else float("nan") for r in df.itertuples()]
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
-        print(df.to_string(index=False))
-    name = torch.cuda.get_device_name() if cuda else "CPU"
-    print(f"\nembedded engine on {engine.device} ({name}); load {load_s:.2f} s; {len(utts)} sentences from {len(texts)} texts; torch {torch.__version__}")
+        ok_rows = df[df["status"] == "ok"]
+        base = ok_rows[ok_rows["batch"] == 1].groupby(["precision", "decoder"])["throughput_audio_s_per_s"].first()
+        df["speedup_vs_b1"] = [r.throughput_audio_s_per_s / base.get((r.precision, r.decoder), float("nan"))
+                               if r.status == "ok" else float("nan") for r in df.itertuples()]
+    shown = [c for c in ["precision", "decoder", "batch", "throughput_audio_s_per_s", "rtf", "rtf_b1_median", "speedup_vs_b1",
+                         "peak_cuda_allocated_mib", "peak_vram_used_mib", "mean_gpu_util_pct", "mcd_db", "frames_changed_share",
+                         "nonfinite_items", "setup_s", "status"] if c in df]
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+        print(df[shown].to_string(index=False))
+    name = torch.cuda.get_device_name() if engine.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    details = sorted({r["detail"] for r in rows if r.get("decoder") == "graphs" and "detail" in r})
+    print(f"\nembedded engine on {engine.device} ({name}); load {load_s:.2f} s; {len(utts)} sentences from {len(texts)} texts; "
+          f"torch {torch.__version__}" + "".join(f"\ngraphs: {d}" for d in details))
     if args.out:
         df.to_csv(args.out, index=False)
     return 0

@@ -1,7 +1,11 @@
 """Benchmark the native Sambert-HifiGan runtime on random weights of the official 16k config size.
 
-    python -m profiling.bench.sambert --device cpu|cuda --fp16 on,off --batch 1,8,16 [--out results.csv]
+    python -m profiling.bench.sambert --device cpu|cuda --precision fp32,fp16,bf16,fp16/bf16 --decoder graphs,dynamic \
+        --batch 1,8,32 [--out results.csv]
 
+precision: DECODER[/VOCODER] (fp32, fp16, bf16; the text encoder and durations always stay FP32). decoder: dynamic
+(today's loop), graphs (the static step replayed as CUDA graphs) or static (the static step run eagerly). Each row also
+gives its fidelity against the FP32 dynamic rendering of the same items (MCD dB, frame counts changed, non-finite).
 Needs only torch, numpy, pandas and pyyaml: it feeds symbol sequences directly (no jieba/pypinyin frontend).
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from app.engines.precision import DTYPES
 from app.engines.sambert.folder import load_model_folder
 from app.engines.sambert.runtime import SambertVoice, SymbolItem
 from app.engines.sambert.symbols import DEFAULT_PHONES
@@ -29,7 +34,8 @@ class BenchOptions:
     """One benchmark invocation."""
 
     device: str  # "cpu" or "cuda"
-    fp16: tuple[bool, ...]  # precisions to run
+    precisions: tuple[str, ...]  # "fp32" or "DECODER[/VOCODER]" dtypes to run
+    decoders: tuple[str, ...]  # "dynamic", "graphs" (CUDA) or "static"
     batches: tuple[int, ...]  # batch sizes to run
     symbols_min: int  # shortest item, in symbols (a short sentence is ~20, ~1.5 s of speech)
     symbols_max: int  # longest item, in symbols
@@ -55,8 +61,27 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def set_decoder(voice: SambertVoice, decoder: str) -> tuple[bool, float, str]:
+    """Put a decoder in force; returns (ok, seconds to build or capture, what is in force or why not)."""
+    t0 = time.monotonic()
+    voice.set_static_decoding(False)
+    if decoder == "graphs" and voice.device.type != "cuda":
+        return False, 0.0, "CUDA graphs need CUDA"
+    if decoder != "dynamic":
+        try:
+            voice.set_static_decoding(True)
+        except Exception as exc:  # e.g. out of memory at capture: reported, the benchmark goes on
+            voice.set_static_decoding(False)
+            return False, time.monotonic() - t0, f"capture failed: {type(exc).__name__}: {str(exc)[:100]}"
+        return True, time.monotonic() - t0, voice.static.describe()
+    return True, 0.0, "dynamic"
+
+
 def run(options: BenchOptions) -> pd.DataFrame:
-    """All settings on one resident voice; one flat row per (precision, batch)."""
+    """All settings on one resident voice; one flat row per (precision, decoder, batch)."""
+    from profiling.monitor import Monitor
+    from profiling.quality import quality_summary
+
     torch.set_num_threads(options.threads)
     rng = np.random.default_rng(0)
     largest = max(options.batches)
@@ -65,43 +90,74 @@ def run(options: BenchOptions) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         files = load_model_folder(write_model_folder(tmp, FolderSpec(size="real"))).voices["test_voice"]
     voice = SambertVoice(files, options.device)
-    rows = []
+    voice.max_batch = largest
     cuda = options.device.startswith("cuda")
-    for fp16 in options.fp16:
-        voice.set_fp16(fp16)
-        for batch in options.batches:
-            work = items[:batch]
-            for _ in range(options.warmup):
-                voice.synthesize(work)
-            if options.device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            walls, audio_s = [], 0.0
-            for _ in range(options.repeats):
-                _sync(options.device)
-                start = time.perf_counter()
-                results = voice.synthesize(work)
-                _sync(options.device)
-                walls.append(time.perf_counter() - start)
-                audio_s = sum(len(r.waveform) for r in results) / voice.sample_rate_hz
-            wall = statistics.median(walls)
-            rows.append({
-                "device": options.device if not options.device.startswith("cuda") else torch.cuda.get_device_name(),
-                "precision": "fp16" if fp16 else "fp32",
-                "batch": batch,
-                "audio_s": round(audio_s, 2),
-                "wall_s (median)": round(wall, 3),
-                "rtf": round(wall / audio_s, 4),
-                "throughput (audio s / s)": round(audio_s / wall, 2),
-                "peak_mem (MiB)": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
-            })
+    reference = [r.waveform for r in voice.synthesize(items)]  # FP32, dynamic loop
+    monitor = Monitor(interval_s=0.1).start() if cuda else None
+    rows = []
+    try:
+        for precision in options.precisions:
+            decoder_dtype, _, vocoder_dtype = precision.partition("/")
+            voice.set_dtypes(decoder_dtype, vocoder_dtype or decoder_dtype)
+            for decoder in options.decoders:
+                ok, setup_s, detail = set_decoder(voice, decoder)
+                if not ok:
+                    rows.append({"precision": precision, "decoder": decoder, "status": f"skipped: {detail}"})
+                    continue
+                for batch in options.batches:
+                    try:
+                        rows.append({"precision": precision, "decoder": decoder, **_time_cell(voice, items[:batch], options, monitor),
+                                     "setup_s": round(setup_s, 2), "detail": detail, "status": "ok"})
+                    except Exception as exc:  # one GPU run measures everything: a failing cell is a row, not a crash
+                        rows.append({"precision": precision, "decoder": decoder, "batch": batch,
+                                     "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
+                        continue
+                    rows[-1].update(quality_summary(reference[:batch], rows[-1].pop("waveforms"), voice.sample_rate_hz))
+                    print(f"{precision} {decoder} batch {batch}: {rows[-1]['throughput (audio s / s)']} audio s/s", flush=True)
+    finally:
+        if monitor is not None:
+            monitor.close()
     return pd.DataFrame(rows)
+
+
+def _time_cell(voice: SambertVoice, work: list[SymbolItem], options: BenchOptions, monitor) -> dict:
+    """Warm up, then the median of `repeats` timed runs of one batch."""
+    cuda = options.device.startswith("cuda")
+    for _ in range(options.warmup):
+        voice.synthesize(work)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    walls, results = [], []
+    t_wall = time.time()
+    for _ in range(options.repeats):
+        _sync(options.device)
+        start = time.perf_counter()
+        results = voice.synthesize(work)
+        _sync(options.device)
+        walls.append(time.perf_counter() - start)
+    usage = monitor.summary(t_wall, time.time()) if monitor is not None else {}
+    audio_s = sum(len(r.waveform) for r in results) / voice.sample_rate_hz
+    wall = statistics.median(walls)
+    return {
+        "device": torch.cuda.get_device_name() if cuda else options.device,
+        "batch": len(work),
+        "audio_s": round(audio_s, 2),
+        "wall_s (median)": round(wall, 3),
+        "rtf": round(wall / audio_s, 4),
+        "throughput (audio s / s)": round(audio_s / wall, 2),
+        "peak_mem (MiB)": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+        "peak_vram_used (MiB)": usage.get("peak_vram_used_mib"),
+        "mean_gpu_util (%)": usage.get("mean_gpu_util_pct"),
+        "waveforms": [r.waveform for r in results],
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[BenchOptions, str | None]:
     """CLI -> BenchOptions, with errors that name the bad value."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--fp16", default="off", help="comma list of on/off")
+    parser.add_argument("--precision", default="fp32", help="comma list of fp32 or DECODER[/VOCODER], e.g. fp32,fp16,bf16/bf16")
+    parser.add_argument("--decoder", default="dynamic", help="comma list of dynamic, graphs, static")
     parser.add_argument("--batch", default="1,8", help="comma list of batch sizes")
     parser.add_argument("--symbols", default="25,60", help="min,max symbols per item")
     parser.add_argument("--repeats", type=int, default=3)
@@ -113,11 +169,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchOptions, str | None]
         parser.error(f"--device {args.device!r} must be cpu or cuda")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device!r} but CUDA is not available")
-    flags = {"on": True, "off": False}
-    try:
-        fp16 = tuple(flags[f.strip()] for f in args.fp16.split(","))
-    except KeyError as err:
-        parser.error(f"--fp16 value {err.args[0]!r} must be on or off")
+    precisions = tuple(p.strip() for p in args.precision.split(","))
+    bad = [p for p in precisions if any(d not in DTYPES for d in p.split("/")) or p.count("/") > 1]
+    if bad:
+        parser.error(f"--precision {','.join(bad)!r}: each must be DECODER[/VOCODER] from {', '.join(DTYPES)}")
+    decoders = tuple(d.strip() for d in args.decoder.split(","))
+    if any(d not in ("dynamic", "graphs", "static") for d in decoders):
+        parser.error(f"--decoder {args.decoder!r}: choose from dynamic, graphs, static")
     try:
         batches = tuple(int(b) for b in args.batch.split(","))
         lo, hi = (int(s) for s in args.symbols.split(","))
@@ -125,14 +183,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchOptions, str | None]
         parser.error(f"--batch {args.batch!r} and --symbols {args.symbols!r} must be comma lists of integers")
     if min(batches) < 1 or not 1 <= lo <= hi:
         parser.error(f"--batch {args.batch!r} needs sizes >= 1 and --symbols {args.symbols!r} needs 1 <= min <= max")
-    opts = BenchOptions(args.device, fp16, batches, lo, hi, max(1, args.repeats), max(0, args.warmup), max(1, args.threads))
+    opts = BenchOptions(args.device, precisions, decoders, batches, lo, hi, max(1, args.repeats), max(0, args.warmup), max(1, args.threads))
     return opts, args.out
 
 
 def main(argv: list[str] | None = None) -> None:
     options, out = parse_args(argv)
     table = run(options)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(table.to_string(index=False))
     if out:
         table.to_csv(out, index=False)

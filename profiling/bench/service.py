@@ -1,7 +1,8 @@
-"""Service benchmark: N concurrent clients x max batch size x precision -> latency, throughput, batches formed;
-and time to first audio for a long paragraph, streamed vs whole.
+"""Service benchmark: N concurrent clients x max batch size x precision x CUDA graphs -> latency, throughput,
+batches formed, GPU utilisation; and time to first audio for a long paragraph, streamed vs whole.
 
 python -m profiling.bench.service --device cpu --precision fp32 --clients 1,4,8,16 --batch 1,4,8
+python -m profiling.bench.service --device cuda --precision fp32,fp16 --cuda-graphs on,off --clients 8 --batch 8
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", help="fp32,fp16")
     p.add_argument("--clients", default="1,4,8,16")
     p.add_argument("--batch", default="1,4,8")
+    p.add_argument("--cuda-graphs", default="off", help="comma list of on/off (on needs CUDA)")
+    p.add_argument("--no-paragraph", action="store_true", help="skip the time-to-first-audio paragraph")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--max-wait-ms", type=float, default=15.0)
     p.add_argument("--texts", default=str(WORKLOAD_FILE))
@@ -35,10 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     from app.engines.embedded.frontend import precomputed_frontend
     from app.service import TTSService
     from app.settings import BatchSettings, ServeSettings
+    from profiling.monitor import Monitor
 
     engine = EmbeddedEngine(frontend=precomputed_frontend(args.symbols) if args.symbols else None)
     engine.load(args.device, fp16=False)
-    service = TTSService(engine, BatchSettings(fp16=False, max_wait_ms=args.max_wait_ms), ServeSettings(queue_size=4096)).start(warmup=True)
+    service = TTSService(engine, BatchSettings(fp16=False, max_wait_ms=args.max_wait_ms, cuda_graphs=False),
+                         ServeSettings(queue_size=4096)).start(warmup=True)
+    monitor = Monitor(interval_s=0.1).start()
     texts = load_workload(args.texts)
     rows, ttfa = [], []
     try:
@@ -46,16 +52,25 @@ def main(argv: list[str] | None = None) -> int:
             if precision == "fp16" and not engine.fp16_supported:
                 rows.append({"precision": "fp16", "status": f"skipped: FP16 needs CUDA ({engine.device})"})
                 continue
-            for size in [int(b) for b in args.batch.split(",")]:
-                service.apply_settings(fp16=precision == "fp16", max_batch_size=size)
-                for clients in [int(c) for c in args.clients.split(",")]:
-                    n_batches = len(service.batch_log)
-                    records, wall = run_load(service_caller(service), texts, clients, args.repeats)
-                    formed = [b.size for b in service.batch_log[n_batches:]]
-                    row = {"precision": engine.precision, "max_batch": size, "clients": clients, **summarize(records, wall)}
-                    row["mean_batch_formed"] = sum(formed) / len(formed) if formed else float("nan")
-                    rows.append(row)
-                    print(f"{engine.precision} batch {size} clients {clients}: p95 {row['p95_latency_s']:.2f} s", file=sys.stderr, flush=True)
+            for graphs in [g.strip() == "on" for g in args.cuda_graphs.split(",")]:
+                if graphs and not engine.cuda_graphs_supported:
+                    rows.append({"precision": precision, "cuda_graphs": True, "status": f"skipped: CUDA graphs need CUDA ({engine.device})"})
+                    continue
+                for size in [int(b) for b in args.batch.split(",")]:
+                    applied = service.apply_settings(fp16=precision == "fp16", max_batch_size=size, cuda_graphs=graphs)
+                    for clients in [int(c) for c in args.clients.split(",")]:
+                        n_batches, t0 = len(service.batch_log), time.time()
+                        records, wall = run_load(service_caller(service), texts, clients, args.repeats)
+                        formed = [b.size for b in service.batch_log[n_batches:]]
+                        row = {"precision": engine.precision, "cuda_graphs": applied.cuda_graphs, "max_batch": size, "clients": clients,
+                               **summarize(records, wall)}
+                        row["mean_batch_formed"] = sum(formed) / len(formed) if formed else float("nan")
+                        row["mean_gpu_util_pct"] = monitor.summary(t0, time.time())["mean_gpu_util_pct"]
+                        rows.append(row)
+                        print(f"{engine.precision} graphs {applied.cuda_graphs} batch {size} clients {clients}: "
+                              f"p95 {row['p95_latency_s']:.3f} s", file=sys.stderr, flush=True)
+            if args.no_paragraph:
+                continue
             for mode in ("whole", "streamed"):
                 t0 = time.monotonic()
                 if mode == "whole":
@@ -66,17 +81,20 @@ def main(argv: list[str] | None = None) -> int:
                     for piece in service.stream(PARAGRAPH, engine.default_speaker):
                         first = first if first is not None else time.monotonic() - t0
                     total = time.monotonic() - t0
-                ttfa.append({"precision": engine.precision, "max_batch": service.settings.max_batch_size, "mode": mode,
+                ttfa.append({"precision": engine.precision, "cuda_graphs": service.settings.cuda_graphs,
+                             "max_batch": service.settings.max_batch_size, "mode": mode,
                              "first_audio_s": first, "total_s": total})
     finally:
+        monitor.close()
         service.close()
     df, tf = pd.DataFrame(rows), pd.DataFrame(ttfa)
     with pd.option_context("display.width", 220, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
-        cols = [c for c in ["precision", "max_batch", "clients", "requests", "errors", "p50_latency_s", "p95_latency_s",
-                            "throughput_audio_s_per_s", "rtf", "mean_batch_formed", "status"] if c in df]
+        cols = [c for c in ["precision", "cuda_graphs", "max_batch", "clients", "requests", "errors", "p50_latency_s", "p95_latency_s",
+                            "throughput_audio_s_per_s", "rtf", "mean_batch_formed", "mean_gpu_util_pct", "status"] if c in df]
         print(df[cols].to_string(index=False))
-        print("\nTime to first audio, long paragraph (4 sentences), idle service:")
-        print(tf.to_string(index=False))
+        if len(tf):
+            print("\nTime to first audio, long paragraph (4 sentences), idle service:")
+            print(tf.to_string(index=False))
     print(f"\nembedded engine on {engine.device}; {len(texts)} texts x {args.repeats} per cell, closed-loop clients, max wait {args.max_wait_ms} ms")
     if args.out:
         df.to_csv(args.out, index=False)

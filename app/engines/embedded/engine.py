@@ -8,9 +8,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from app.engines import precision
 from app.engines.base import EngineBase, Utterance
 from app.engines.embedded.frontend import SPOKEN_IDS, Frontend, text_to_ids, warm_phkit
 from app.engines.embedded.melgan import MelGAN
+from app.engines.embedded.static_decoder import StaticTacotronDecoder
 from app.engines.embedded.tacotron import PRENET_DROPOUT, Tacotron, TacotronConfig, max_frames, speaker_vector
 from app.engines.embedded.weights import load_weights
 
@@ -23,6 +25,9 @@ FAIR_SPEAKERS = ("Aiqi", "biaobei", "Xiaomeng", "Xiaoyun", "Aibao", "Aiya", "Ait
 EXPERIMENTAL_SPEAKERS = ("Xiaomei", "Xiaogang", "Yina")  # 30-240% CER: often unintelligible or looping
 CUDA_VOCODER_ROWS = 32  # vocoder windows per call on CUDA (on CPU one at a time measured fastest: ~0.05 RTF)
 CUDA_GATE_CHECK_EVERY = 8  # decoder steps between stop checks on CUDA (each check syncs the GPU)
+# What "FP16 on" runs per module. MelGAN overflows in FP16 (activations ~6e3), so the vocoder stays FP32 until the
+# GPU suite's precision table shows BF16 (same range as FP32) fast and right there; flip it here when it does.
+HALF_PRECISION = {"acoustic": "fp16", "vocoder": "fp32"}
 
 
 class EmbeddedEngine(EngineBase):
@@ -30,7 +35,7 @@ class EmbeddedEngine(EngineBase):
 
     name = "embedded"
     max_batch_size = 64
-    fp16_label = "fp16 (vocoder fp32)"  # MelGAN overflows in FP16 (activations ~6e3): it stays FP32
+    cuda_graphs_capable = True
 
     def __init__(self, cache_dir: str | None = None, frontend: Frontend | None = None) -> None:
         super().__init__()
@@ -42,6 +47,8 @@ class EmbeddedEngine(EngineBase):
         self._frontend = frontend or text_to_ids  # injectable: ids exported beforehand, on a machine without phkit
         self._acoustic: Tacotron | None = None
         self._vocoder: MelGAN | None = None
+        self._static: StaticTacotronDecoder | None = None  # the static-shape decoder, when in use
+        self.half_precision = dict(HALF_PRECISION)
         self._lock = threading.Lock()  # one batch at a time; the batcher's single worker never contends
 
     @property
@@ -65,11 +72,44 @@ class EmbeddedEngine(EngineBase):
         if self._frontend is text_to_ids:
             warm_phkit()
 
+    @property
+    def fp16_label(self) -> str:
+        return precision.label(self.half_precision)
+
+    def set_half_precision(self, acoustic: str, vocoder: str) -> str:
+        """Choose what FP16-on runs per module (fp16, bf16 or fp32; the GPU suite measures each); recasts if in force."""
+        self.half_precision = precision.check_table({"acoustic": acoustic, "vocoder": vocoder}, ("acoustic", "vocoder"))
+        return self.set_precision(self.fp16)
+
     def _cast(self, fp16: bool) -> None:
-        self._acoustic.to(torch.float16 if fp16 else torch.float32)
+        with self._lock:
+            table = self.half_precision if fp16 else {"acoustic": "fp32", "vocoder": "fp32"}
+            self._acoustic.to(precision.DTYPES[table["acoustic"]])
+            self._vocoder.to(precision.DTYPES[table["vocoder"]])
 
     def _release(self) -> None:
         self._acoustic = self._vocoder = None
+
+    def set_static_decoding(self, on: bool, compile_step: bool = False) -> None:
+        """Decode with the static-shape decoder (its chunks captured as CUDA graphs on CUDA) or the dynamic loop.
+
+        Off CUDA the static path runs eagerly: tests compare it with the dynamic loop, benchmarks time it (optionally
+        through torch.compile). On CUDA use set_cuda_graphs, which also says what is in force.
+        """
+        with self._lock:
+            self._static = None  # free the old buffers and graphs before building new ones
+            if on:
+                self._static = StaticTacotronDecoder(self._acoustic, self.device, self.max_batch_size, compile_step=compile_step)
+
+    def _capture_graphs(self) -> None:
+        self.set_static_decoding(True)
+
+    def _release_graphs(self) -> None:
+        if self._acoustic is not None:
+            self.set_static_decoding(False)
+
+    def _graphs_description(self) -> str:
+        return self._static.describe() if self._static is not None else ""
 
     def speakable(self, text: str) -> bool:
         return any(i in SPOKEN_IDS for i in self._frontend(text))
@@ -99,6 +139,7 @@ class EmbeddedEngine(EngineBase):
         mel, frames, stopped = self._acoustic.infer(
             padded.to(self.device), torch.tensor(list(map(len, ids)), device=self.device), speakers.to(self.device),
             dropout.to(self.device, dtype), limits, check_every=CUDA_GATE_CHECK_EVERY if self.fp16_supported else 1,
+            static=self._static,
         )
         for u, ok in zip(batch, stopped):
             if not ok:
@@ -112,4 +153,5 @@ class EmbeddedEngine(EngineBase):
         with self._lock, torch.inference_mode():
             mels, _ = self.synthesize_mels(batch)
             rows = CUDA_VOCODER_ROWS if self.device.startswith("cuda") else 1  # CPU: small working set is fastest
-            return [a.float().cpu().numpy() for a in self._vocoder.vocode_many(mels, max_rows=rows)]
+            dtype = self._vocoder.pre.weight.dtype
+            return [a.float().cpu().numpy() for a in self._vocoder.vocode_many([m.to(dtype) for m in mels], max_rows=rows)]

@@ -157,44 +157,72 @@ class Tacotron(nn.Module):
         keep = (torch.arange(mel.shape[2], device=mel.device)[None] < lengths[:, None]).unsqueeze(1).to(mel.dtype)
         return (mel + masked_conv_stack(mel, self.postnet, keep, torch.tanh, activate_last=False)) * keep
 
+    def decoder_step(self, frame: torch.Tensor, drop: torch.Tensor, state: tuple, memory: torch.Tensor,
+                     processed: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """One decoder step for every row, shared by the dynamic loop and the static (graph-captured) one.
+
+        frame (B, 80) the previous frame, drop (B, 2, prenet_dim) this step's dropout, state (ah, ac, dh, dc, aw, awc,
+        ctx) -> projection output (B, 81: 80 mel bands + stop gate) and the new state. Rows never mix.
+        """
+        ah, ac, dh, dc, aw, awc, ctx = state
+        x = F.relu(self.prenet[0](frame)) * drop[:, 0]
+        x = F.relu(self.prenet[1](x)) * drop[:, 1]
+        ah, ac = self.attention_rnn(torch.cat([x, ctx], 1), (ah, ac))
+        location = self.location_dense(self.location_conv(torch.stack([aw, awc], 1)).transpose(1, 2))
+        energy = self.energy_layer(torch.tanh(self.query_layer(ah)[:, None] + location + processed)).squeeze(-1)
+        aw = torch.softmax(energy.float().masked_fill(pad_mask, float("-inf")), dim=1).to(frame.dtype)
+        awc = awc + aw
+        ctx = torch.bmm(aw[:, None], memory).squeeze(1)
+        dh, dc = self.decoder_rnn(torch.cat([ah, ctx], 1), (dh, dc))
+        return self.projection(torch.cat([dh, ctx], 1)), (ah, ac, dh, dc, aw, awc, ctx)
+
+    def zero_state(self, batch: int, memory_len: int, device, dtype) -> tuple[torch.Tensor, ...]:
+        """Decoder state at step 0: (ah, ac, dh, dc, aw, awc, ctx), all zeros."""
+        c = self.cfg
+        widths = (c.attention_rnn_dim, c.attention_rnn_dim, c.decoder_rnn_dim, c.decoder_rnn_dim, memory_len, memory_len, self.memory_dim)
+        return tuple(torch.zeros(batch, w, device=device, dtype=dtype) for w in widths)
+
     @torch.no_grad()
     def infer(
         self, ids: torch.Tensor, lengths: torch.Tensor, speakers: torch.Tensor, dropout: torch.Tensor,
-        limits: list[int], check_every: int = 1,
+        limits: list[int], check_every: int = 1, static=None,
     ) -> tuple[torch.Tensor, list[int], list[bool]]:
         """Decode a padded batch until each item's own gate fires (or its limit).
 
         ids (B, T) long, lengths (B,) long, speakers (B, 32), dropout (B, S, 2, prenet_dim) holding 0 or 1/(1-p)
         per item and step (each item's own stream), limits: max frames per item.
-        Returns mel after postnet (B, 80, max_len), frame counts, and whether each item stopped on its gate.
-        Finished items leave the batch at the next check (every check_every steps), so no compute is spent on them.
+        static: a StaticTacotronDecoder (fixed shapes, CUDA graphs); None, or a batch it has no bucket for, decodes with
+        the dynamic loop. Returns mel after postnet (B, 80, max_len), frame counts, and whether each item stopped on
+        its gate.
         """
-        device, dtype = ids.device, self.embedding.weight.dtype
-        batch = ids.shape[0]
         memory = self.encode(ids, lengths, speakers)
         processed = self.memory_layer(memory)
-        pad_mask = torch.arange(ids.shape[1], device=device)[None] >= lengths[:, None]
+        decoded = static.decode(memory, processed, lengths, dropout, limits) if static is not None else None
+        if decoded is None:
+            decoded = self._decode_dynamic(memory, processed, lengths, dropout, limits, check_every)
+        mel, frame_lengths, stopped = decoded
+        return self.postnet_residual(mel, torch.tensor(frame_lengths, device=ids.device)), frame_lengths, stopped
+
+    def _decode_dynamic(
+        self, memory: torch.Tensor, processed: torch.Tensor, lengths: torch.Tensor, dropout: torch.Tensor,
+        limits: list[int], check_every: int,
+    ) -> tuple[torch.Tensor, list[int], list[bool]]:
+        """The dynamic loop: finished items leave the batch at the next check (every check_every steps), so no
+        compute is spent on them. Returns the decoder mel (B, 80, max_len), frame counts and gate flags."""
+        device, dtype = memory.device, memory.dtype
+        batch = memory.shape[0]
+        pad_mask = torch.arange(memory.shape[1], device=device)[None] >= lengths[:, None]
         steps = max(limits)
         mel = torch.zeros(batch, steps, N_MELS, device=device, dtype=dtype)
         gates = torch.zeros(batch, steps, device=device, dtype=torch.float32)
-        zeros = lambda n: torch.zeros(batch, n, device=device, dtype=dtype)  # noqa: E731
-        ah, ac, dh, dc = zeros(self.cfg.attention_rnn_dim), zeros(self.cfg.attention_rnn_dim), zeros(self.cfg.decoder_rnn_dim), zeros(self.cfg.decoder_rnn_dim)
-        aw, awc, ctx, frame = zeros(memory.shape[1]), zeros(memory.shape[1]), zeros(self.memory_dim), zeros(N_MELS)
+        state = self.zero_state(batch, memory.shape[1], device, dtype)
+        frame = torch.zeros(batch, N_MELS, device=device, dtype=dtype)
         rows = torch.arange(batch, device=device)  # original batch index of each active row
         active = list(range(batch))
         frame_lengths, stopped = [0] * batch, [False] * batch
         last_check = 0
         for step in range(steps):
-            x = F.relu(self.prenet[0](frame)) * dropout[:, step, 0]
-            x = F.relu(self.prenet[1](x)) * dropout[:, step, 1]
-            ah, ac = self.attention_rnn(torch.cat([x, ctx], 1), (ah, ac))
-            location = self.location_dense(self.location_conv(torch.stack([aw, awc], 1)).transpose(1, 2))
-            energy = self.energy_layer(torch.tanh(self.query_layer(ah)[:, None] + location + processed)).squeeze(-1)
-            aw = torch.softmax(energy.float().masked_fill(pad_mask, float("-inf")), dim=1).to(dtype)
-            awc = awc + aw
-            ctx = torch.bmm(aw[:, None], memory).squeeze(1)
-            dh, dc = self.decoder_rnn(torch.cat([ah, ctx], 1), (dh, dc))
-            out = self.projection(torch.cat([dh, ctx], 1))
+            out, state = self.decoder_step(frame, dropout[:, step], state, memory, processed, pad_mask)
             frame = out[:, :N_MELS]
             mel[rows, step] = frame
             gates[rows, step] = out[:, N_MELS].float()
@@ -217,10 +245,9 @@ class Tacotron(nn.Module):
             if len(keep) < len(active):
                 idx = torch.tensor(keep, device=device)
                 active = [active[a] for a in keep]
-                rows, ah, ac, dh, dc, ctx, frame = (t[idx] for t in (rows, ah, ac, dh, dc, ctx, frame))
+                rows, frame, dropout = rows[idx], frame[idx], dropout[idx]
                 span = int(lengths[rows].max())  # trim padding no remaining item needs
                 memory, processed, pad_mask = memory[idx, :span], processed[idx, :span], pad_mask[idx, :span]
-                aw, awc, dropout = aw[idx, :span], awc[idx, :span], dropout[idx]
-        longest = max(frame_lengths)
-        mel = mel[:, :longest].transpose(1, 2)
-        return self.postnet_residual(mel, torch.tensor(frame_lengths, device=device)), frame_lengths, stopped
+                ah, ac, dh, dc, aw, awc, ctx = (t[idx] for t in state)
+                state = (ah, ac, dh, dc, aw[:, :span], awc[:, :span], ctx)
+        return mel[:, : max(frame_lengths)].transpose(1, 2), frame_lengths, stopped

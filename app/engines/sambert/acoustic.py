@@ -200,13 +200,20 @@ class SambertAcoustic(nn.Module):
         return torch.cat([group_text, group_spk, group_emo], dim=-1)
 
     @torch.no_grad()
-    def infer(self, batch: AcousticInput, decoder_dtype: torch.dtype | None = None) -> AcousticOutput:
-        """Symbols -> mel; the decoder and postnet run in `decoder_dtype` (default: the encoder's dtype)."""
+    def infer(self, batch: AcousticInput, decoder_dtype: torch.dtype | None = None, static=None) -> AcousticOutput:
+        """Symbols -> mel; the decoder and postnet run in `decoder_dtype` (default: the encoder's dtype).
+
+        static: a StaticPncaDecoder (fixed shapes, CUDA graphs); None, or a batch it has no bucket for, decodes with
+        the dynamic loop.
+        """
         memory, frame_counts, band, out = self.encode(batch)
         dtype = decoder_dtype or memory.dtype
         r = self.config.outputs_per_step
         steps_per_item = (frame_counts + r - 1) // r
-        dec = self.mel_decoder(memory.to(dtype), steps_per_item, band)  # (B, steps, r * mels)
+        memory = memory.to(dtype)
+        dec = static.decode(memory, steps_per_item, band) if static is not None else None
+        if dec is None:
+            dec = self.mel_decoder(memory, steps_per_item, band)  # (B, steps, r * mels)
         dec = dec.reshape(dec.size(0), -1, self.config.num_mels)
         mask = pad_mask(frame_counts, dec.size(1))
         dec = dec.masked_fill(mask.unsqueeze(-1), 0.0)

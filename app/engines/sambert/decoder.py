@@ -58,26 +58,19 @@ class MelDecoder(nn.Module):
         """
         dec = self.mel_dec
         batch, n_steps, _ = memory.shape
-        device, dtype = memory.device, memory.dtype
+        device = memory.device
         max_band = int(band.max())
-        layers = [block.pnca_attn for block in dec.pnca]
-        h_keys, h_values = [], []
-        for attn in layers:  # memory keys/values are fixed: compute them once for every step
-            k, v = attn.w_h_kv(memory).chunk(2, dim=-1)
-            h_keys.append(attn.split_heads(k))
-            h_values.append(attn.split_heads(v))
-        n_head, d_head = layers[0].n_head, layers[0].d_head
-        x_keys = [memory.new_zeros(batch, n_head, n_steps, d_head) for _ in layers]
-        x_values = [memory.new_zeros(batch, n_head, n_steps, d_head) for _ in layers]
+        h_keys, h_values = self.memory_keys(memory)
+        n_head, d_head = self.layers[0].n_head, self.layers[0].d_head
+        x_keys = [memory.new_zeros(batch, n_head, n_steps, d_head) for _ in self.layers]
+        x_values = [memory.new_zeros(batch, n_head, n_steps, d_head) for _ in self.layers]
         band_col = band.to(device)[:, None, None, None]
         steps_col = steps.to(device)[:, None, None, None]
         offsets = torch.arange(max_band + 1, device=device)
         previous = memory.new_zeros(batch, 1, self.num_mels)
         outputs = []
-        scale = self.d_model**0.5
         for t in range(n_steps):
-            x = run_prenet(dec.prenet.fcs, previous)
-            x = dec.dec_in_proj(torch.cat([memory[:, t : t + 1], x], dim=-1)) * scale
+            x = self.step_input(previous, memory[:, t : t + 1])
             lo, hi = max(0, t - max_band), min(n_steps, t + max_band + 1)
             # x window: key t - max_band + j is blocked when older than this item's band.
             x_pos = torch.arange(lo, t + 1, device=device)
@@ -85,19 +78,52 @@ class MelDecoder(nn.Module):
             h_pos = offsets[: hi - t] + t
             h_blocked = (h_pos[None, None, None, :] > t + band_col) | (h_pos[None, None, None, :] >= steps_col)
             h_blocked = h_blocked & ~h_blocked.all(dim=-1, keepdim=True)  # items past their end: no NaN
-            for attn, block, xk, xv, hk, hv in zip(layers, dec.pnca, x_keys, x_values, h_keys, h_values):
-                q, k, v = attn.w_x_qkv(attn.layer_norm(x)).chunk(3, dim=-1)
-                q = attn.split_heads(q)
-                xk[:, :, t : t + 1] = attn.split_heads(k)
-                xv[:, :, t : t + 1] = attn.split_heads(v)
+            for attn, block, xk, xv, hk, hv in zip(self.layers, dec.pnca, x_keys, x_values, h_keys, h_values):
+                q, k, v = layer_qkv(attn, x)
+                xk[:, :, t : t + 1] = k
+                xv[:, :, t : t + 1] = v
                 out_x = masked_attention(q, xk[:, :, lo : t + 1], xv[:, :, lo : t + 1], x_blocked)
                 out_h = masked_attention(q, hk[:, :, t:hi], hv[:, :, t:hi], h_blocked)
-                x = attn.fc_x(merge_heads(out_x)) + attn.fc_h(merge_heads(out_h)) + x
-                x = pointwise_ffn(block.pos_ffn, x)
-            frame_group = dec.dec_out_proj(dec.ln(x))
+                x = layer_out(attn, block, x, out_x, out_h)
+            frame_group = self.step_output(x)
             outputs.append(frame_group)
             previous = frame_group[:, :, -self.num_mels :]
         return torch.cat(outputs, dim=1)
+
+    # --- one step's pieces, shared with the static (graph-captured) decoder -------------------------
+    @property
+    def layers(self) -> list[PncaAttention]:
+        return [block.pnca_attn for block in self.mel_dec.pnca]
+
+    def memory_keys(self, memory: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the memory's keys and values (B, H, S, D): fixed for the whole decoding, computed once."""
+        keys, values = [], []
+        for attn in self.layers:
+            k, v = attn.w_h_kv(memory).chunk(2, dim=-1)
+            keys.append(attn.split_heads(k))
+            values.append(attn.split_heads(v))
+        return keys, values
+
+    def step_input(self, previous: torch.Tensor, memory_t: torch.Tensor) -> torch.Tensor:
+        """Previous frame (B, 1, mels) and this step's memory (B, 1, d_mem) -> the first layer's input (B, 1, d_model)."""
+        x = run_prenet(self.mel_dec.prenet.fcs, previous)
+        return self.mel_dec.dec_in_proj(torch.cat([memory_t, x], dim=-1)) * self.d_model**0.5
+
+    def step_output(self, x: torch.Tensor) -> torch.Tensor:
+        """Last layer's output (B, 1, d_model) -> this step's r frames (B, 1, r * mels)."""
+        return self.mel_dec.dec_out_proj(self.mel_dec.ln(x))
+
+
+def layer_qkv(attn: PncaAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This step's query, key and value (B, H, 1, D) of one PNCA layer."""
+    q, k, v = attn.w_x_qkv(attn.layer_norm(x)).chunk(3, dim=-1)
+    return attn.split_heads(q), attn.split_heads(k), attn.split_heads(v)
+
+
+def layer_out(attn: PncaAttention, block: PncaBlock, x: torch.Tensor, out_x: torch.Tensor, out_h: torch.Tensor) -> torch.Tensor:
+    """Combine one layer's two attentions with its residual and feed-forward."""
+    x = attn.fc_x(merge_heads(out_x)) + attn.fc_h(merge_heads(out_h)) + x
+    return pointwise_ffn(block.pos_ffn, x)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:

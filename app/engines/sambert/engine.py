@@ -6,12 +6,17 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from app.engines.base import NEUTRAL, EMOTIONS_TRAINED, EngineBase, Utterance
+from app.engines import precision
+from app.engines.base import EMOTIONS_TRAINED, NEUTRAL, EngineBase, Utterance
 from app.engines.sambert.folder import ModelFolderError, read_catalog
 from app.engines.sambert.hub import Downloader, download_snapshot, looks_like_hub_id, resolve_model_folder
 from app.errors import EngineUnavailableError
 
 MAX_BATCH_SIZE = 32  # items one acoustic/vocoder pass takes (the decoder loop costs the same for 1 or 32 on GPU)
+# What "FP16 on" runs per module (the text encoder and durations always stay FP32, so frame counts cannot move).
+# The GPU suite measures fp16 and bf16 for each; flip a module here when its table says so.
+HALF_PRECISION = {"decoder": "fp16", "vocoder": "fp16"}
+ALWAYS_FP32 = "text encoder and durations"
 
 
 def speaker_label(voice: str, speaker: str, speakers: Sequence[str]) -> str:
@@ -29,9 +34,9 @@ class SambertEngine(EngineBase):
 
     name = "sambert"
     max_batch_size = MAX_BATCH_SIZE
-    fp16_label = "fp16 (text encoder and durations fp32)"
     emotion_kind = EMOTIONS_TRAINED
     controls_in_model = frozenset({"speed", "pitch", "volume"})
+    cuda_graphs_capable = True
 
     def __init__(self, model: str, emotions: Mapping[str, tuple[str, ...]] | None = None,
                  downloader: Downloader | None = None) -> None:
@@ -43,6 +48,7 @@ class SambertEngine(EngineBase):
         self._frontends: dict = {}  # voice name -> SambertFrontend (its phone table)
         self._targets: dict[str, tuple[str, str]] = {}  # speaker label -> (voice, speaker symbol)
         self._offered: dict[str, tuple[str, ...]] = {}  # speaker label -> emotions its voice offers
+        self.half_precision = dict(HALF_PRECISION)
         self._lock = threading.Lock()
         if not looks_like_hub_id(model):  # a cheap peek at the catalog; load() explains any problem
             try:
@@ -87,15 +93,44 @@ class SambertEngine(EngineBase):
             self.note(f"folder:{index}", text)
         self._offer(self._voices.values())
 
+    @property
+    def fp16_label(self) -> str:
+        return precision.label(self.half_precision, always_fp32=ALWAYS_FP32)
+
+    def set_half_precision(self, decoder: str, vocoder: str) -> str:
+        """Choose what FP16-on runs per module (fp16, bf16 or fp32; the GPU suite measures each); recasts if in force."""
+        self.half_precision = precision.check_table({"decoder": decoder, "vocoder": vocoder}, ("decoder", "vocoder"))
+        return self.set_precision(self.fp16)
+
     def _cast(self, fp16: bool) -> None:
-        """Decoder, postnet and vocoder in FP16; the text encoder and durations stay FP32 (frame counts cannot move)."""
+        """Decoder, postnet and vocoder as the table says; the text encoder and durations stay FP32."""
+        table = self.half_precision if fp16 else {"decoder": "fp32", "vocoder": "fp32"}
         with self._lock:
             for voice in self._voices.values():
-                voice.set_fp16(fp16)
+                voice.set_dtypes(table["decoder"], table["vocoder"])
 
     def _release(self) -> None:
         with self._lock:
             self._voices, self._frontends = {}, {}
+
+    def set_static_decoding(self, on: bool) -> None:
+        """Every voice decodes with its static-shape decoder (CUDA graphs on CUDA) or the dynamic loop."""
+        with self._lock:
+            for voice in self._voices.values():
+                voice.max_batch = self.max_batch_size
+                voice.set_static_decoding(on)
+
+    def _capture_graphs(self) -> None:
+        self.set_static_decoding(True)
+
+    def _release_graphs(self) -> None:
+        self.set_static_decoding(False)
+
+    def _graphs_description(self) -> str:
+        decoders = [v.static for v in self._voices.values() if v.static is not None]
+        if not decoders:
+            return ""
+        return f"{len(decoders)} voice(s): " + "; ".join(d.describe() for d in decoders)
 
     def emotions_for(self, speaker: str) -> tuple[str, ...]:
         """The emotions this speaker's voice offers (engine.emotions is the union over voices)."""

@@ -7,9 +7,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from app.engines.precision import DTYPES
 from app.engines.sambert.acoustic import AcousticInput, SambertAcoustic
 from app.engines.sambert.controls import apply_gain, pitch_affine
 from app.engines.sambert.folder import ModelFolderError, VoiceFiles
+from app.engines.sambert.static_decoder import StaticPncaDecoder
 from app.engines.sambert.symbols import SymbolTables
 from app.engines.sambert.vocoder import HifiGanGenerator
 
@@ -57,7 +59,9 @@ class SambertVoice:
         self._load(self.vocoder, files.vocoder_state, "vocoder")
         self.acoustic.eval().to(self.device)
         self.vocoder.eval().to(self.device)
-        self.fp16 = False
+        self.decoder_dtype = self.vocoder_dtype = torch.float32
+        self.static: StaticPncaDecoder | None = None  # the static-shape decoder, when in use
+        self.max_batch = 32  # largest batch the static decoder gets buckets for
 
     def _load(self, module: torch.nn.Module, state: dict, what: str) -> None:
         try:
@@ -65,13 +69,29 @@ class SambertVoice:
         except RuntimeError as err:  # shape mismatches: config and checkpoint disagree
             raise ModelFolderError(f"voice {self.name!r}: {what} checkpoint does not fit its config: {err}") from None
 
+    @property
+    def fp16(self) -> bool:
+        return self.decoder_dtype != torch.float32 or self.vocoder_dtype != torch.float32
+
     def set_fp16(self, fp16: bool) -> None:
         """Decoder, postnet and vocoder in FP16; text encoder and variance adaptor (durations) stay FP32."""
-        dtype = torch.float16 if fp16 else torch.float32
-        self.acoustic.mel_decoder.to(dtype)
-        self.acoustic.mel_postnet.to(dtype)
-        self.vocoder.to(dtype)
-        self.fp16 = fp16
+        self.set_dtypes("fp16" if fp16 else "fp32", "fp16" if fp16 else "fp32")
+
+    def set_dtypes(self, decoder: str, vocoder: str) -> None:
+        """Decoder + postnet and vocoder precisions ("fp32", "fp16", "bf16"); the encoder and durations stay FP32, so
+        frame counts cannot move. A static decoder in use is rebuilt for the new dtype."""
+        self.decoder_dtype, self.vocoder_dtype = DTYPES[decoder], DTYPES[vocoder]
+        self.acoustic.mel_decoder.to(self.decoder_dtype)
+        self.acoustic.mel_postnet.to(self.decoder_dtype)
+        self.vocoder.to(self.vocoder_dtype)
+        if self.static is not None:
+            self.set_static_decoding(True)
+
+    def set_static_decoding(self, on: bool) -> None:
+        """Decode with the static-shape decoder (its chunks captured as CUDA graphs on CUDA) or the dynamic loop."""
+        self.static = None  # free the old buffers and graphs before building new ones
+        if on:
+            self.static = StaticPncaDecoder(self.acoustic.mel_decoder, str(self.device), self.decoder_dtype, self.max_batch)
 
     def encode(self, items: Sequence[SymbolItem]) -> AcousticInput:
         """Encode and right-pad a batch of symbol strings (pad ids are 0: padding is masked everywhere)."""
@@ -109,10 +129,9 @@ class SambertVoice:
         if not items:
             return []
         batch = self.encode(items)
-        dtype = torch.float16 if self.fp16 else torch.float32
-        out = self.acoustic.infer(batch, decoder_dtype=dtype)
+        out = self.acoustic.infer(batch, decoder_dtype=self.decoder_dtype, static=self.static)
         counts = out.frame_counts.cpu().numpy()
-        waves = self._vocode(out.mel.to(dtype), counts)
+        waves = self._vocode(out.mel.to(self.vocoder_dtype), counts)
         mel = out.mel.float().cpu().numpy()
         lengths = batch.lengths.cpu().numpy()
         durations, pitch, energy = (t.cpu().numpy() for t in (out.durations, out.pitch, out.energy))
