@@ -25,6 +25,11 @@ class EngineInfo:
     fp16_label: str
     fp32_label: str
     emotion_kind: str
+    controls_in_model: frozenset[str]  # controls the replica's engine renders inside its model
+    cuda_graphs_capable: bool
+    cuda_graphs_supported: bool  # on the replica's device
+    cuda_graphs: bool  # in force now
+    cuda_graphs_detail: str  # what the graphs hold, e.g. their count and memory
     device: str  # the replica's device, e.g. "cuda:0" (each replica numbers its own GPUs from 0)
     fp16: bool  # FP16 in force now
     notes: tuple[str, ...]  # the engine's visible remarks
@@ -39,7 +44,9 @@ class EngineInfo:
             emotions_by_speaker=tuple((s, tuple(engine.emotions_for(s))) for s in engine.speakers),
             default_speaker=engine.default_speaker, experimental_speakers=frozenset(engine.experimental_speakers),
             max_batch_size=engine.max_batch_size, fp16_capable=engine.fp16_capable, fp16_label=engine.fp16_label,
-            fp32_label=engine.fp32_label, emotion_kind=engine.emotion_kind, device=engine.device, fp16=engine.fp16,
+            fp32_label=engine.fp32_label, emotion_kind=engine.emotion_kind, controls_in_model=engine.controls_in_model,
+            cuda_graphs_capable=engine.cuda_graphs_capable, cuda_graphs_supported=engine.cuda_graphs_supported,
+            cuda_graphs=engine.cuda_graphs, cuda_graphs_detail=engine.cuda_graphs_detail, device=engine.device, fp16=engine.fp16,
             notes=engine.notes, loaded=engine.loaded,
         )
 
@@ -76,6 +83,11 @@ class ReplicaEngine(EngineBase):
     fp16_label = property(lambda self: self.info.fp16_label)  # type: ignore[assignment]
     fp32_label = property(lambda self: self.info.fp32_label)  # type: ignore[assignment]
     emotion_kind = property(lambda self: self.info.emotion_kind)  # type: ignore[assignment]
+    controls_in_model = property(lambda self: self.info.controls_in_model)  # type: ignore[assignment]
+    cuda_graphs_capable = property(lambda self: self.info.cuda_graphs_capable)  # type: ignore[assignment]
+    cuda_graphs_supported = property(lambda self: self.info.cuda_graphs_supported)  # type: ignore[assignment]
+    cuda_graphs = property(lambda self: self.info.cuda_graphs)  # type: ignore[assignment]
+    cuda_graphs_detail = property(lambda self: self.info.cuda_graphs_detail)  # type: ignore[assignment]
 
     @property
     def loaded(self) -> bool:
