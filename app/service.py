@@ -8,20 +8,22 @@ import math
 import sys
 import time
 import zlib
-from concurrent.futures import Future
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from app import prosody
 from app import text as textproc
 from app.audio import join_sentences
 from app.batcher import Batcher, Request
-from app.engines.base import NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
+from app.engines.base import EMOTIONS_RULES, NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
 from app.errors import SynthesisError, TTSInputError
 from app.memory import rss_mib, torch_cuda_mib
-from app.settings import BatchSettings, ServeSettings
+from app.settings import BatchSettings, ServeSettings, check_controls
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,20 @@ class Timings:
     sentences: int = 0
     batches: int = 0  # distinct engine calls
     batch_sizes: list[int] = field(default_factory=list)  # size of the engine call each sentence ran in
+    emotion: str = NEUTRAL  # the request's emotion
+    speed: float = 1.0  # its tempo factor
+    pitch: float = 0.0  # its pitch shift, semitones
+    volume: float = 0.0  # its loudness change, dB
+    post_s: float = 0.0  # summed post-processing time of its sentences on the CPU pool (0: none was needed)
 
     def summary(self) -> str:
-        """One line for the UI."""
+        """One line for the UI and the request log."""
         sizes = ",".join(map(str, self.batch_sizes))
+        post = f"; post-processing {self.post_s:.2f} s" if self.post_s else ""
         return (
             f"{self.audio_s:.1f} s of audio in {self.total_s:.2f} s (RTF {self.rtf:.2f}); first audio {self.first_audio_s:.2f} s; "
-            f"queue wait {self.queue_wait_s:.2f} s; {self.sentences} sentence(s) in {self.batches} batch(es) of size [{sizes}]"
+            f"queue wait {self.queue_wait_s:.2f} s; {self.sentences} sentence(s) in {self.batches} batch(es) of size [{sizes}]; "
+            f"{self.emotion}, speed {self.speed:g}x, pitch {self.pitch:+g} st, volume {self.volume:+g} dB{post}"
         )
 
 
@@ -69,6 +78,25 @@ class Piece:
     audio: np.ndarray
     sample_rate: int
     elapsed_s: float  # since submit
+
+
+@dataclass(eq=False)
+class _Job:
+    """One sentence on its way: the batcher's request and the future its caller waits on."""
+
+    request: Request
+    future: Future  # the final audio: the request's own future when nothing is post-processed, else the pool's
+    post_s: float = 0.0  # time its post-processing took
+    post_done_at: float | None = None  # monotonic time its post-processing finished
+
+    @property
+    def done_at(self) -> float:
+        return self.post_done_at if self.future is not self.request.future else self.request.done_at
+
+    def cancel(self) -> None:
+        """The caller gave up: skip the item if it is still queued and its post-processing if not started."""
+        self.future.cancel()
+        self.request.future.cancel()
 
 
 def _torch_if_loaded():
@@ -105,6 +133,8 @@ class TTSService:
             free_memory=_free_cuda_cache,
             after_batch=self._after_batch,
         )
+        self._post_pool = ThreadPoolExecutor(serve.post_workers, thread_name_prefix="tts-post")  # CPU, off the worker
+        self._requests: deque[Timings] = deque(maxlen=2000)
         self.started_at = time.time()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -117,6 +147,7 @@ class TTSService:
 
     def close(self) -> None:
         self._batcher.stop()
+        self._post_pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> "TTSService":
         return self
@@ -171,17 +202,19 @@ class TTSService:
         return self.update_settings(**changes).result(timeout_s)
 
     # --- requests ----------------------------------------------------------------------------------
-    def plan(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None) -> list[Utterance]:
+    def plan(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None,
+             speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0) -> list[Utterance]:
         """Check a request at the edge and turn it into the engine's items, one per normalised sentence.
 
         Raises TTSInputError naming the bad value. Seeds are per sentence: from the request's seed if given, else
-        from the sentence and speaker, so the same request always sounds the same.
+        from the sentence and speaker, so the same request always sounds the same. Every item carries the controls.
         """
         if not isinstance(text, str) or not text.strip():
             raise TTSInputError("text is empty: type some Chinese text to synthesize")
         if len(text) > self.serve.max_chars:
             raise TTSInputError(f"text has {len(text)} characters; the limit is {self.serve.max_chars}")
         self.engine.check(speaker, emotion)
+        check_controls(speed, pitch, volume)
         sentences = [s for s in textproc.split_sentences(textproc.normalize(text)) if self.engine.speakable(s)]
         if not sentences:
             raise TTSInputError(f"nothing speakable in {text[:40]!r}: it has no Chinese characters, letters or digits")
@@ -189,69 +222,142 @@ class TTSService:
             seeds = [(int(seed) + i) & 0x7FFFFFFF for i in range(len(sentences))]
         else:
             seeds = [zlib.crc32(f"{speaker}|{s}".encode()) & 0x7FFFFFFF for s in sentences]
-        return [Utterance(s, speaker, emotion, k) for s, k in zip(sentences, seeds)]
+        controls = dict(speed=float(speed), pitch=float(pitch), volume=float(volume))
+        return [Utterance(s, speaker, emotion, k, **controls) for s, k in zip(sentences, seeds)]
 
-    def submit(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None) -> Result:
+    def adjustment(self, item: Utterance) -> prosody.Adjustment:
+        """What post-processing does to an item: its emotion if this engine renders emotions by rule, and the
+        controls the engine does not render inside its model."""
+        inside = self.engine.controls_in_model
+        return prosody.Adjustment(
+            emotion=item.emotion if self.engine.emotion_kind == EMOTIONS_RULES else NEUTRAL,
+            speed=1.0 if "speed" in inside else item.speed,
+            pitch_st=0.0 if "pitch" in inside else item.pitch,
+            volume_db=0.0 if "volume" in inside else item.volume,
+        )
+
+    def submit(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None,
+               speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0) -> Result:
         """Synthesize a whole text (blocking): its sentences are queued together, so they batch."""
-        utts = self.plan(text, speaker, emotion, seed)
+        utts = self.plan(text, speaker, emotion, seed, speed, pitch, volume)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
         t0 = time.monotonic()
-        reqs = self._batcher.submit_many(utts, timeout_s=timeout_s)
-        pieces = self._collect(reqs, t0, timeout_s)
-        return Result(join_sentences(pieces, self.engine.sample_rate), self.engine.sample_rate, self._timings(reqs, t0), [u.text for u in utts])
+        jobs = self._enqueue(utts, timeout_s)
+        pieces = self._collect(jobs, t0, timeout_s)
+        timings = self._record(jobs, t0, utts[0])
+        return Result(join_sentences(pieces, self.engine.sample_rate), self.engine.sample_rate, timings, [u.text for u in utts])
 
-    def stream(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None) -> Iterator[Piece]:
+    def stream(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None,
+               speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0) -> Iterator[Piece]:
         """Yield each sentence's audio in order as soon as it is ready.
 
         The first sentence is queued alone and the rest once it has started, so it runs in a small batch and its
         audio arrives early; the rest still batch together (and with other callers' items).
         """
-        utts = self.plan(text, speaker, emotion, seed)
+        utts = self.plan(text, speaker, emotion, seed, speed, pitch, volume)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
         t0 = time.monotonic()
-        reqs = self._batcher.submit_many(utts[:1], timeout_s=timeout_s)
+        jobs = self._enqueue(utts[:1], timeout_s)
         try:
             if len(utts) > 1:
-                reqs[0].started.wait(timeout_s)
-                reqs += self._batcher.submit_many(utts[1:], timeout_s=timeout_s)
-            for i, req in enumerate(reqs):
-                audio = self._collect([req], t0, timeout_s)[0]
+                jobs[0].request.started.wait(timeout_s)
+                jobs += self._enqueue(utts[1:], timeout_s)
+            for i, job in enumerate(jobs):
+                audio = self._collect([job], t0, timeout_s)[0]
                 yield Piece(i, len(utts), utts[i].text, audio, self.engine.sample_rate, time.monotonic() - t0)
+            self._record(jobs, t0, utts[0])
         finally:
-            for req in reqs:  # a consumer that stops early (closed browser) frees the queue
-                req.future.cancel()
+            for job in jobs:  # a consumer that stops early (closed browser) frees the queue and the pool
+                job.cancel()
 
-    def _collect(self, reqs: list[Request], t0: float, timeout_s: float) -> list[np.ndarray]:
+    def _enqueue(self, utts: list[Utterance], timeout_s: float) -> list[_Job]:
+        """Queue the items for the model; those with post-processing to do get a future the CPU pool resolves."""
+        jobs = []
+        for req, item in zip(self._batcher.submit_many(utts, timeout_s=timeout_s), utts):
+            adjustment = self.adjustment(item)
+            if adjustment.identity:  # nothing to do: the caller gets the engine's samples untouched
+                jobs.append(_Job(req, req.future))
+                continue
+            job = _Job(req, Future())
+            req.future.add_done_callback(lambda done, job=job, adj=adjustment: self._hand_over(done, job, adj))
+            jobs.append(job)
+        return jobs
+
+    def _hand_over(self, done: Future, job: _Job, adjustment: prosody.Adjustment) -> None:
+        """Runs where the item's future resolved (the model's worker thread): pass the audio on to the CPU pool."""
+        if done.cancelled():
+            job.future.cancel()
+            return
+        error = done.exception()
+        if error is None:
+            try:
+                self._post_pool.submit(self._post_process, job, done.result(), adjustment)
+                return
+            except RuntimeError:  # the pool is shut down
+                error = SynthesisError("the service is shutting down")
+        if job.future.set_running_or_notify_cancel():
+            job.future.set_exception(error)
+
+    def _post_process(self, job: _Job, audio: np.ndarray, adjustment: prosody.Adjustment) -> None:
+        """On the CPU pool: render the item's emotion and controls (skipped if its caller gave up)."""
+        if not job.future.set_running_or_notify_cancel():
+            return
+        t0 = time.monotonic()
+        try:
+            out = prosody.render(audio, self.engine.sample_rate, adjustment)
+        except Exception as exc:  # one item's failure is its own error, never the pool's
+            out, error = None, SynthesisError(f"post-processing failed: {type(exc).__name__}: {exc}")
+        job.post_done_at = time.monotonic()
+        job.post_s = job.post_done_at - t0
+        if out is None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(out)
+
+    def _collect(self, jobs: list[_Job], t0: float, timeout_s: float) -> list[np.ndarray]:
         out = []
         try:
-            for req in reqs:
+            for job in jobs:
                 remaining = max(0.0, timeout_s - (time.monotonic() - t0))
-                out.append(req.future.result(remaining))
+                out.append(job.future.result(remaining))
         except FutureTimeout:
             raise SynthesisError(f"timed out after {timeout_s:.0f} s waiting for synthesis") from None
         except SynthesisError:
             self.errors += 1
             raise
         finally:
-            for req in reqs:
-                req.future.cancel()  # no-op for finished ones; skips the rest if we gave up
+            for job in jobs:
+                job.cancel()  # no-op for finished ones; skips the rest if we gave up
         return out
 
-    def _timings(self, reqs: list[Request], t0: float) -> Timings:
-        done = max(r.done_at for r in reqs)
-        audio_s = sum(len(r.future.result()) for r in reqs) / self.engine.sample_rate
+    def _record(self, jobs: list[_Job], t0: float, first: Utterance) -> Timings:
+        """The finished request's timings, kept in the request log."""
+        timings = self._timings(jobs, t0, first)
+        self._requests.append(timings)
+        log.info("request: %s", timings.summary())
+        return timings
+
+    def _timings(self, jobs: list[_Job], t0: float, first: Utterance) -> Timings:
+        reqs = [job.request for job in jobs]
+        done = max(job.done_at for job in jobs)
+        audio_s = sum(len(job.future.result()) for job in jobs) / self.engine.sample_rate
         batches = {r.batch_id: r.compute_s for r in reqs}
         total = done - t0
         return Timings(
             total_s=total,
             queue_wait_s=max(r.batched_at - r.enqueued_at for r in reqs),
             compute_s=sum(batches.values()),
-            first_audio_s=reqs[0].done_at - t0,
+            first_audio_s=jobs[0].done_at - t0,
             audio_s=audio_s,
             rtf=total / audio_s if audio_s else float("nan"),
             sentences=len(reqs),
             batches=len(batches),
             batch_sizes=[r.batch_size for r in reqs],
+            emotion=first.emotion,
+            speed=first.speed,
+            pitch=first.pitch,
+            volume=first.volume,
+            post_s=sum(job.post_s for job in jobs),
         )
 
     # --- worker side -------------------------------------------------------------------------------
@@ -265,6 +371,11 @@ class TTSService:
     # --- introspection -----------------------------------------------------------------------------
     def queue_depth(self) -> int:
         return self._batcher.depth()
+
+    @property
+    def request_log(self) -> list[Timings]:
+        """Recent finished requests (their emotion, controls and timings), oldest first."""
+        return list(self._requests)
 
     @property
     def batch_log(self):

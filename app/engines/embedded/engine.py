@@ -8,11 +8,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from app.engines.base import EngineBase, Utterance
+from app.engines.base import EMOTIONS_RULES, EngineBase, Utterance
 from app.engines.embedded.frontend import SPOKEN_IDS, Frontend, text_to_ids, warm_phkit
 from app.engines.embedded.melgan import MelGAN
 from app.engines.embedded.tacotron import PRENET_DROPOUT, Tacotron, TacotronConfig, max_frames, speaker_vector
 from app.engines.embedded.weights import load_weights
+from app.prosody import RULE_EMOTIONS
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,15 @@ CUDA_GATE_CHECK_EVERY = 8  # decoder steps between stop checks on CUDA (each che
 
 
 class EmbeddedEngine(EngineBase):
-    """Multi-speaker Chinese Tacotron2 (22.05 kHz), batched with exact per-item masking; no trained emotions."""
+    """Multi-speaker Chinese Tacotron2 (22.05 kHz), batched with exact per-item masking.
+
+    The checkpoint has no style tokens, so it has no trained emotions: every voice offers Sambert's emotion names,
+    rendered by prosody rules after the model (app.prosody), and the model itself always speaks neutral.
+    """
 
     name = "embedded"
     max_batch_size = 64
+    emotion_kind = EMOTIONS_RULES
     fp16_label = "fp16 (vocoder fp32)"  # MelGAN overflows in FP16 (activations ~6e3): it stays FP32
 
     def __init__(self, cache_dir: str | None = None, frontend: Frontend | None = None) -> None:
@@ -38,6 +44,7 @@ class EmbeddedEngine(EngineBase):
         self.speakers = GOOD_SPEAKERS + FAIR_SPEAKERS + EXPERIMENTAL_SPEAKERS
         self.experimental_speakers = frozenset(EXPERIMENTAL_SPEAKERS)
         self.default_speaker = GOOD_SPEAKERS[0]
+        self.emotions = RULE_EMOTIONS
         self._cache_dir = cache_dir
         self._frontend = frontend or text_to_ids  # injectable: ids exported beforehand, on a machine without phkit
         self._acoustic: Tacotron | None = None
