@@ -1,6 +1,8 @@
-"""Prosody post-processing: what each emotion rule does to real embedded speech, and what it costs per second of audio.
+"""Prosody post-processing: what each emotion rule does to real embedded speech, what it costs per second of audio,
+and what it does to the service's throughput (8 concurrent clients, all neutral vs mixed emotions).
 
     python -m profiling.bench.prosody [--speakers Aijia,biaobei] [--out prosody.csv]
+    python -m profiling.bench.prosody --throughput [--clients 8] [--texts 16] [--post-workers 2]
 
 Measures the output waveforms afresh with pyworld's Harvest tracker: F0 level change (semitones, median of voiced
 frames), F0 range ratio (10-90 percentile span, final syllable left out), rate ratio (speech span) and loudness change
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -100,19 +104,11 @@ def compare(neutral: Prosody, other: Prosody) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--speakers", default="Aijia,biaobei")
-    ap.add_argument("--sentences", type=int, default=len(SENTENCES))
-    ap.add_argument("--out", default=None, help="CSV of every (speaker, sentence, emotion) row")
-    args = ap.parse_args()
-    from app.engines.embedded.engine import EmbeddedEngine
-
-    engine = EmbeddedEngine()
-    engine.load("cpu", fp16=False)
+def effects_table(engine, speakers: list[str], n_sentences: int, out: str | None) -> None:
+    """Per emotion against neutral on each voice: the rule, the measured changes, the CPU cost."""
     rows = []
-    for speaker in args.speakers.split(","):
-        for i, text in enumerate(SENTENCES[: args.sentences]):
+    for speaker in speakers:
+        for i, text in enumerate(SENTENCES[:n_sentences]):
             audio = engine.synthesize([Utterance(text, speaker, seed=i)])[0]
             base = measure(audio, engine.sample_rate)
             for emotion in EMOTION_RULES:
@@ -121,20 +117,80 @@ def main() -> None:
                 t0 = time.process_time()
                 rendered = render(audio, engine.sample_rate, Adjustment(emotion))
                 cpu_s = time.process_time() - t0
-                out = measure(rendered, engine.sample_rate)
+                out_m = measure(rendered, engine.sample_rate)
                 flat = measure(render(audio, engine.sample_rate, Adjustment(emotion), without_boundary(emotion)), engine.sample_rate)
                 rows.append({"speaker": speaker, "sentence": i, "emotion": emotion, "audio_s": len(audio) / engine.sample_rate,
                              "cpu_s_per_audio_s": cpu_s / (len(audio) / engine.sample_rate),
-                             **compare(base, out), "boundary_st": boundary_move(flat, out)})
+                             **compare(base, out_m), "boundary_st": boundary_move(flat, out_m)})
     df = pd.DataFrame(rows)
-    if args.out:
-        df.to_csv(args.out, index=False)
+    if out:
+        df.to_csv(out, index=False)
     table = df.groupby(["speaker", "emotion"]).median(numeric_only=True).drop(columns=["sentence"]).round(3)
-    wanted = pd.DataFrame({e: asdict(r) for e, r in EMOTION_RULES.items() if e != NEUTRAL}).T
+    wanted = pd.DataFrame({e: dataclasses.asdict(r) for e, r in EMOTION_RULES.items() if e != NEUTRAL}).T
     print("rules (the table):\n" + wanted.to_string())
-    print("\nmeasured, median over sentences:\n" + table.to_string())
+    print("\nmeasured, median over sentences (boundary_st: median move of the final syllable, about half the rule's end value):\n"
+          + table.to_string())
     print(f"\npost-processing CPU cost: median {df['cpu_s_per_audio_s'].median():.3f} s per audio second "
           f"(p90 {df['cpu_s_per_audio_s'].quantile(0.9):.3f}), {len(df)} renders")
+
+
+def throughput_table(engine, clients: int, n_texts: int, post_workers: int, repeats: int) -> None:
+    """The same workload from N concurrent clients, all neutral vs emotions cycling over all six (1 in 6 neutral)."""
+    from app.service import TTSService
+    from app.settings import BatchSettings, ServeSettings
+    from profiling.loadgen import CallRecord, load_workload, run_load, summarize
+
+    serve = ServeSettings(queue_size=4096, post_workers=post_workers)
+    service = TTSService(engine, BatchSettings(fp16=False, max_batch_size=8), serve).start(warmup=True)
+    texts, rows = load_workload()[:n_texts], []
+    try:
+        for mix in ("all neutral", "mixed emotions", "all neutral", "mixed emotions"):  # twice, interleaved: drift shows
+            emotions = itertools.cycle(EMOTION_RULES if mix == "mixed emotions" else [NEUTRAL])
+            post_s: list[float] = []
+
+            def call(text: str) -> CallRecord:
+                t0 = time.monotonic()
+                res = service.submit(text, engine.default_speaker, next(emotions))
+                post_s.append(res.timings.post_s)
+                t = res.timings
+                return CallRecord(text, time.monotonic() - t0, t.audio_s, t.first_audio_s, t.queue_wait_s, t.batch_sizes)
+
+            n_batches = len(service.batch_log)
+            records, wall = run_load(call, texts, clients, repeats)
+            batches = service.batch_log[n_batches:]
+            summary = summarize(records, wall)
+            rows.append({"mix": mix, "requests": summary["requests"], "errors": summary["errors"],
+                         "requests_per_s": summary["requests"] / wall, "audio_s_per_s": summary["throughput_audio_s_per_s"],
+                         "p50_latency_s": summary["p50_latency_s"], "p95_latency_s": summary["p95_latency_s"],
+                         "model_busy_s": sum(b.compute_s for b in batches),
+                         "model_s_per_sentence": sum(b.compute_s for b in batches) / sum(b.size for b in batches),
+                         "mean_batch": statistics.fmean(b.size for b in batches), "post_s_total": sum(post_s), "wall_s": wall})
+            print(f"{mix}: {rows[-1]['requests_per_s']:.2f} req/s", flush=True)
+    finally:
+        service.close()
+    print(f"\n{clients} concurrent clients, {len(texts)} texts x {repeats}, max batch 8, {post_workers} post-processing "
+          f"thread(s), {engine.device}:\n" + pd.DataFrame(rows).round(3).to_string(index=False))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--speakers", default="Aijia,biaobei")
+    ap.add_argument("--sentences", type=int, default=len(SENTENCES))
+    ap.add_argument("--out", default=None, help="CSV of every (speaker, sentence, emotion) row")
+    ap.add_argument("--throughput", action="store_true", help="service throughput, all neutral vs mixed emotions")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--texts", type=int, default=16, help="texts of the shipped workload")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--post-workers", type=int, default=2)
+    args = ap.parse_args()
+    from app.engines.embedded.engine import EmbeddedEngine
+
+    engine = EmbeddedEngine()
+    engine.load("cpu", fp16=False)
+    if args.throughput:
+        throughput_table(engine, args.clients, args.texts, args.post_workers, args.repeats)
+    else:
+        effects_table(engine, args.speakers.split(","), args.sentences, args.out)
 
 
 if __name__ == "__main__":
