@@ -9,20 +9,20 @@ import sys
 import time
 import zlib
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from app import prosody
 from app import text as textproc
 from app.audio import join_sentences
-from app.batcher import Batcher, Request
-from app.engines.base import EMOTIONS_RULES, NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
+from app.batcher import Batcher
+from app.engines.base import NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
 from app.errors import SynthesisError, TTSInputError
 from app.memory import rss_mib, torch_cuda_mib
+from app.postprocess import Job, PostProcessor
 from app.settings import BatchSettings, ServeSettings, check_controls
 
 log = logging.getLogger(__name__)
@@ -80,25 +80,6 @@ class Piece:
     elapsed_s: float  # since submit
 
 
-@dataclass(eq=False)
-class _Job:
-    """One sentence on its way: the batcher's request and the future its caller waits on."""
-
-    request: Request
-    future: Future  # the final audio: the request's own future when nothing is post-processed, else the pool's
-    post_s: float = 0.0  # time its post-processing took
-    post_done_at: float | None = None  # monotonic time its post-processing finished
-
-    @property
-    def done_at(self) -> float:
-        return self.post_done_at if self.future is not self.request.future else self.request.done_at
-
-    def cancel(self) -> None:
-        """The caller gave up: skip the item if it is still queued and its post-processing if not started."""
-        self.future.cancel()
-        self.request.future.cancel()
-
-
 def _torch_if_loaded():
     """torch if something already imported it (the service never imports it itself)."""
     return sys.modules.get("torch")
@@ -133,7 +114,7 @@ class TTSService:
             free_memory=_free_cuda_cache,
             after_batch=self._after_batch,
         )
-        self._post_pool = ThreadPoolExecutor(serve.post_workers, thread_name_prefix="tts-post")  # CPU, off the worker
+        self._post = PostProcessor(engine, serve.post_workers)  # CPU threads, never the model's worker
         self._requests: deque[Timings] = deque(maxlen=2000)
         self.started_at = time.time()
 
@@ -147,7 +128,7 @@ class TTSService:
 
     def close(self) -> None:
         self._batcher.stop()
-        self._post_pool.shutdown(wait=True, cancel_futures=True)
+        self._post.close()
 
     def __enter__(self) -> "TTSService":
         return self
@@ -225,16 +206,10 @@ class TTSService:
         controls = dict(speed=float(speed), pitch=float(pitch), volume=float(volume))
         return [Utterance(s, speaker, emotion, k, **controls) for s, k in zip(sentences, seeds)]
 
-    def adjustment(self, item: Utterance) -> prosody.Adjustment:
-        """What post-processing does to an item: its emotion if this engine renders emotions by rule, and the
-        controls the engine does not render inside its model."""
-        inside = self.engine.controls_in_model
-        return prosody.Adjustment(
-            emotion=item.emotion if self.engine.emotion_kind == EMOTIONS_RULES else NEUTRAL,
-            speed=1.0 if "speed" in inside else item.speed,
-            pitch_st=0.0 if "pitch" in inside else item.pitch,
-            volume_db=0.0 if "volume" in inside else item.volume,
-        )
+    @property
+    def post(self) -> PostProcessor:
+        """What the service renders after the model (emotion by rule, signal-level controls), on its CPU pool."""
+        return self._post
 
     def submit(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None,
                speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0) -> Result:
@@ -270,51 +245,11 @@ class TTSService:
             for job in jobs:  # a consumer that stops early (closed browser) frees the queue and the pool
                 job.cancel()
 
-    def _enqueue(self, utts: list[Utterance], timeout_s: float) -> list[_Job]:
-        """Queue the items for the model; those with post-processing to do get a future the CPU pool resolves."""
-        jobs = []
-        for req, item in zip(self._batcher.submit_many(utts, timeout_s=timeout_s), utts):
-            adjustment = self.adjustment(item)
-            if adjustment.identity:  # nothing to do: the caller gets the engine's samples untouched
-                jobs.append(_Job(req, req.future))
-                continue
-            job = _Job(req, Future())
-            req.future.add_done_callback(lambda done, job=job, adj=adjustment: self._hand_over(done, job, adj))
-            jobs.append(job)
-        return jobs
+    def _enqueue(self, utts: list[Utterance], timeout_s: float) -> list[Job]:
+        """Queue the items for the model; those with emotion or controls to render follow on the CPU pool."""
+        return [self._post.follow(req, item) for req, item in zip(self._batcher.submit_many(utts, timeout_s=timeout_s), utts)]
 
-    def _hand_over(self, done: Future, job: _Job, adjustment: prosody.Adjustment) -> None:
-        """Runs where the item's future resolved (the model's worker thread): pass the audio on to the CPU pool."""
-        if done.cancelled():
-            job.future.cancel()
-            return
-        error = done.exception()
-        if error is None:
-            try:
-                self._post_pool.submit(self._post_process, job, done.result(), adjustment)
-                return
-            except RuntimeError:  # the pool is shut down
-                error = SynthesisError("the service is shutting down")
-        if job.future.set_running_or_notify_cancel():
-            job.future.set_exception(error)
-
-    def _post_process(self, job: _Job, audio: np.ndarray, adjustment: prosody.Adjustment) -> None:
-        """On the CPU pool: render the item's emotion and controls (skipped if its caller gave up)."""
-        if not job.future.set_running_or_notify_cancel():
-            return
-        t0 = time.monotonic()
-        try:
-            out = prosody.render(audio, self.engine.sample_rate, adjustment)
-        except Exception as exc:  # one item's failure is its own error, never the pool's
-            out, error = None, SynthesisError(f"post-processing failed: {type(exc).__name__}: {exc}")
-        job.post_done_at = time.monotonic()
-        job.post_s = job.post_done_at - t0
-        if out is None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(out)
-
-    def _collect(self, jobs: list[_Job], t0: float, timeout_s: float) -> list[np.ndarray]:
+    def _collect(self, jobs: list[Job], t0: float, timeout_s: float) -> list[np.ndarray]:
         out = []
         try:
             for job in jobs:
@@ -330,14 +265,14 @@ class TTSService:
                 job.cancel()  # no-op for finished ones; skips the rest if we gave up
         return out
 
-    def _record(self, jobs: list[_Job], t0: float, first: Utterance) -> Timings:
+    def _record(self, jobs: list[Job], t0: float, first: Utterance) -> Timings:
         """The finished request's timings, kept in the request log."""
         timings = self._timings(jobs, t0, first)
         self._requests.append(timings)
         log.info("request: %s", timings.summary())
         return timings
 
-    def _timings(self, jobs: list[_Job], t0: float, first: Utterance) -> Timings:
+    def _timings(self, jobs: list[Job], t0: float, first: Utterance) -> Timings:
         reqs = [job.request for job in jobs]
         done = max(job.done_at for job in jobs)
         audio_s = sum(len(job.future.result()) for job in jobs) / self.engine.sample_rate

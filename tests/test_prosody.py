@@ -126,7 +126,7 @@ def test_batched_equals_one_at_a_time_for_every_control_setting(engine):
     batched = engine.synthesize(MIXED)
     for u, b in zip(MIXED, batched):
         alone = engine.synthesize([u])[0]
-        assert_same_sound(render(alone, engine.sample_rate, svc.adjustment(u)), render(b, engine.sample_rate, svc.adjustment(u)), str(u))
+        assert_same_sound(render(alone, engine.sample_rate, svc.post.adjustment(u)), render(b, engine.sample_rate, svc.post.adjustment(u)), str(u))
 
 
 def test_concurrent_callers_with_mixed_emotions_and_speeds_get_their_own_audio(engine, monkeypatch):
