@@ -6,6 +6,8 @@ batcher's own future and gets the engine's samples as they are.
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +18,16 @@ from app import prosody
 from app.batcher import Request
 from app.engines.base import EMOTIONS_RULES, NEUTRAL, EngineBase, Utterance
 from app.errors import SynthesisError
+
+POST_NICENESS = 10  # the pool's threads yield the CPU to the model's worker (Linux: per-thread nice) when cores are short
+
+
+def _lower_priority() -> None:
+    """Pool thread initializer: where the OS allows it, run this thread at a lower priority than the model's worker."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), POST_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: same priority, still off the worker thread
+        pass
 
 
 @dataclass(eq=False)
@@ -43,7 +55,7 @@ class PostProcessor:
 
     def __init__(self, engine: EngineBase, workers: int) -> None:
         self.engine = engine
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tts-post")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tts-post", initializer=_lower_priority)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -2,6 +2,8 @@
 with pyworld's own Harvest tracker and frame energies (profiling.bench.prosody.measure)."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +15,7 @@ from app import prosody
 from app.audio import join_sentences
 from app.engines.base import EMOTIONS_RULES, NEUTRAL, Utterance
 from app.errors import TTSInputError
+from app.postprocess import POST_NICENESS
 from app.prosody import EMOTION_RULES, Adjustment, render
 from app.service import TTSService
 from app.settings import BatchSettings
@@ -134,7 +137,7 @@ def test_concurrent_callers_with_mixed_emotions_and_speeds_get_their_own_audio(e
     real_render = prosody.render
 
     def spy(audio, sample_rate, adjustment):
-        threads.add(threading.current_thread().name)
+        threads.add((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
         return real_render(audio, sample_rate, adjustment)
 
     monkeypatch.setattr(prosody, "render", spy)
@@ -154,7 +157,9 @@ def test_concurrent_callers_with_mixed_emotions_and_speeds_get_their_own_audio(e
         together = dict(zip(jobs, pool.map(call, jobs)))
     svc.close()
     assert max(r.size for r in svc.batch_log[n_before:]) > 1  # they really shared batches
-    assert threads and all(name.startswith("tts-post") for name in threads), threads  # never the model's worker
+    assert threads and all(name.startswith("tts-post") for name, _ in threads), threads  # never the model's worker
+    if sys.platform == "linux":  # and at a lower priority than the worker, which keeps the cores when they are short
+        assert {nice for _, nice in threads} == {POST_NICENESS}, threads
     for job, res in together.items():
         assert_same_sound(alone[job].audio, res.audio, str(job))
         assert (res.timings.emotion, res.timings.speed) == (job[1], job[2])
@@ -226,3 +231,24 @@ def test_ui_handlers_show_the_emotion_kind_and_refuse_bad_controls(engine):
     rate, audio = h.synthesize("你好。", "Aijia", "happy", 1.2, 2.0, -3.0)
     svc.close()
     assert rate == engine.sample_rate and audio.dtype == np.int16 and audio.size > 0
+
+
+def test_what_is_left_to_the_signal_depends_on_the_engine():
+    """Rule engines get their emotion rendered; trained ones render it themselves, and controls in the model are skipped."""
+    from app.engines.base import EMOTIONS_TRAINED
+    from app.postprocess import PostProcessor
+    from tests.fixtures.fake_engine import FakeEngine
+
+    class TrainedWithSpeed(FakeEngine):
+        emotion_kind = EMOTIONS_TRAINED
+        controls_in_model = frozenset({"speed"})
+
+    class Rules(FakeEngine):
+        emotion_kind = EMOTIONS_RULES
+
+    item = Utterance("你好。", "alice", "happy", speed=1.5, pitch=2.0, volume=-3.0)
+    trained, rules = PostProcessor(TrainedWithSpeed(), 1), PostProcessor(Rules(), 1)
+    assert trained.adjustment(item) == Adjustment(NEUTRAL, speed=1.0, pitch_st=2.0, volume_db=-3.0)
+    assert rules.adjustment(item) == Adjustment("happy", speed=1.5, pitch_st=2.0, volume_db=-3.0)
+    assert trained.adjustment(Utterance("你好。", "alice", "happy", speed=1.5)).identity  # all of it in the model
+    trained.close(), rules.close()
