@@ -18,10 +18,13 @@ from app.prosody import RULE_EMOTIONS
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 22050  # Hz, the rate the acoustic model's mels and the vocoder were trained at
-# Ordered by an independent ASR check of each voice (character error rate, see DESIGN.md): best first.
-GOOD_SPEAKERS = ("Aijia", "Aina", "Aiwei", "Aiyu", "Xiaobei", "Xiaoxue", "Aicheng", "Aijing", "Aixia", "Aiyue")
-FAIR_SPEAKERS = ("Aiqi", "biaobei", "Xiaomeng", "Xiaoyun", "Aibao", "Aiya", "Aitong", "Siyue", "Aimei", "Aida")
-EXPERIMENTAL_SPEAKERS = ("Xiaomei", "Xiaogang", "Yina")  # 30-240% CER: often unintelligible or looping
+# Ordered by independent checks of our own output, intelligibility first, naturalness second (six sentences per voice,
+# CPU; whisper-base character error rate, NISQA-TTS naturalness; figures in README.md). Good: at most one character
+# wrong in six sentences (CER <= 0.013, the same word most voices were misheard on), by naturalness, best first.
+GOOD_SPEAKERS = ("biaobei", "Aiqi", "Aina", "Aixia", "Aijia", "Aiya", "Aijing", "Aimei", "Aida", "Aiyue", "Aicheng", "Aiyu",
+                 "Xiaoxue", "Aiwei", "Aitong")
+FAIR_SPEAKERS = ("Xiaobei", "Xiaoyun", "Aibao", "Siyue", "Xiaomeng")  # CER 0.03-0.05 (Xiaomeng 0.16), by naturalness
+EXPERIMENTAL_SPEAKERS = ("Xiaomei", "Xiaogang", "Yina")  # CER 0.43-0.66: often unintelligible or cut short
 CUDA_VOCODER_ROWS = 32  # vocoder windows per call on CUDA (on CPU one at a time measured fastest: ~0.05 RTF)
 CUDA_GATE_CHECK_EVERY = 8  # decoder steps between stop checks on CUDA (each check syncs the GPU)
 
