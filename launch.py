@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--auth", metavar="USER:PASSWORD", help="protect the page with a login")
     s.add_argument("--queue-size", type=int, default=ServeSettings.queue_size, help="most sentences waiting; beyond it: busy")
     s.add_argument("--max-chars", type=int, default=ServeSettings.max_chars, help="longest text one request may carry")
+    s.add_argument("--post-workers", type=int, default=ServeSettings.post_workers,
+                   help="CPU threads rendering emotion/speed/pitch/volume after the model (more on a GPU box with spare cores)")
     s.add_argument("--no-warmup", action="store_true", help="skip the start-up warm-up (faster start, slower first request)")
     return p.parse_args(argv)
 
@@ -59,7 +61,8 @@ def settings_from(args: argparse.Namespace) -> tuple[EngineSettings, BatchSettin
         auth = (user, password)
     engine = EngineSettings(name=args.engine, model=args.model, device=args.device)
     batch = BatchSettings(fp16=args.fp16, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, clear_cache=args.clear_cache)
-    serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth)
+    serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth,
+                          post_workers=args.post_workers)
     return engine, batch, serve
 
 
