@@ -10,7 +10,8 @@ import time
 import warnings
 
 from app.errors import EngineUnavailableError, SynthesisError, TTSInputError
-from app.settings import ENGINE_NAMES, BatchSettings, EngineSettings, ServeSettings
+from app.settings import (ENGINE_NAMES, PITCH_RANGE_ST, SPEED_RANGE, VOLUME_RANGE_DB, BatchSettings, EngineSettings,
+                          ServeSettings, check_controls)
 
 log = logging.getLogger("launch")
 
@@ -23,6 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     one.add_argument("--list-speakers", action="store_true", help="print the engine's speakers and emotions, then exit")
     one.add_argument("--speaker", help="speaker for --say (default: the engine's best voice)")
     one.add_argument("--emotion", default="neutral", help="emotion for --say")
+    one.add_argument("--speed", type=float, default=1.0, help=f"tempo factor for --say ({SPEED_RANGE[0]:g} to {SPEED_RANGE[1]:g})")
+    one.add_argument("--pitch", type=float, default=0.0,
+                     help=f"pitch shift for --say, semitones ({PITCH_RANGE_ST[0]:g} to {PITCH_RANGE_ST[1]:+g})")
+    one.add_argument("--volume", type=float, default=0.0,
+                     help=f"loudness change for --say, dB ({VOLUME_RANGE_DB[0]:g} to {VOLUME_RANGE_DB[1]:+g})")
     one.add_argument("--seed", type=int, help="random seed for --say (default: derived from the text)")
     eng = p.add_argument_group("engine")
     eng.add_argument("--engine", default="embedded", choices=ENGINE_NAMES, help="embedded (offline default), sambert or modelscope")
@@ -45,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--auth", metavar="USER:PASSWORD", help="protect the page with a login")
     s.add_argument("--queue-size", type=int, default=ServeSettings.queue_size, help="most sentences waiting; beyond it: busy")
     s.add_argument("--max-chars", type=int, default=ServeSettings.max_chars, help="longest text one request may carry")
+    s.add_argument("--post-workers", type=int, default=ServeSettings.post_workers,
+                   help="CPU threads rendering emotion/speed/pitch/volume after the model (more on a GPU box with spare cores)")
     s.add_argument("--no-warmup", action="store_true", help="skip the start-up warm-up (faster start, slower first request)")
     r = p.add_argument_group("replicas on Ray Serve (pip install -r requirements-ray.txt); without --ray-replicas Ray is not used")
     r.add_argument("--ray-replicas", type=int, metavar="N", help="serve through N replicas, each with its own engine and batcher")
@@ -70,7 +78,8 @@ def settings_from(args: argparse.Namespace) -> tuple[EngineSettings, BatchSettin
     engine = EngineSettings(name=args.engine, model=args.model, device=args.device, emotions=emotions)
     batch = BatchSettings(fp16=args.fp16, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, clear_cache=args.clear_cache,
                           cuda_graphs=args.cuda_graphs)
-    serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth)
+    serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth,
+                          post_workers=args.post_workers)
     return engine, batch, serve
 
 
@@ -106,10 +115,12 @@ def say(args: argparse.Namespace, engine_settings: EngineSettings, batch: BatchS
     from app.audio import write_wav
     from app.service import TTSService
 
+    check_controls(args.speed, args.pitch, args.volume)  # before the engine loads: a typo costs no wait
     engine = load_engine(engine_settings, batch.fp16)
     one_shot = dataclasses.replace(batch, cuda_graphs=False)  # one text: capturing every bucket would cost more than it saves
     with TTSService(engine, one_shot, serve).start(warmup=False) as service:
-        result = service.submit(args.say, args.speaker or engine.default_speaker, args.emotion, seed=args.seed)
+        result = service.submit(args.say, args.speaker or engine.default_speaker, args.emotion, seed=args.seed,
+                                speed=args.speed, pitch=args.pitch, volume=args.volume)
     write_wav(args.out, result.audio, result.sample_rate)
     print(f"wrote {args.out}: {len(result.audio) / result.sample_rate:.2f} s at {result.sample_rate} Hz, "
           f"{result.timings.sentences} sentence(s), synthesized in {result.timings.total_s:.2f} s ({engine.device}, {engine.precision})")
@@ -124,7 +135,7 @@ def list_speakers(engine_settings: EngineSettings) -> None:
     for name in engine.speakers:
         print(name + ("  (experimental)" if name in engine.experimental_speakers else "")
               + ("  [default]" if name == engine.default_speaker else ""))
-    print("emotions: " + ", ".join(engine.emotions))
+    print(f"emotions ({engine.emotion_kind}): " + ", ".join(engine.emotions))
 
 
 def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: ServeSettings, warmup: bool) -> None:

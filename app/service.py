@@ -9,6 +9,7 @@ import math
 import sys
 import time
 import zlib
+from collections import deque
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from app.batcher import Batcher, Request
 from app.engines.base import NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
 from app.errors import SynthesisError, TTSInputError
 from app.memory import rss_mib, torch_cuda_mib
-from app.settings import BatchSettings, ServeSettings
+from app.postprocess import Job, PostProcessor
+from app.settings import BatchSettings, ServeSettings, check_controls
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,20 @@ class Timings:
     sentences: int = 0
     batches: int = 0  # distinct engine calls
     batch_sizes: list[int] = field(default_factory=list)  # size of the engine call each sentence ran in
+    emotion: str = NEUTRAL  # the request's emotion
+    speed: float = 1.0  # its tempo factor
+    pitch: float = 0.0  # its pitch shift, semitones
+    volume: float = 0.0  # its loudness change, dB
+    post_s: float = 0.0  # summed post-processing time of its sentences on the CPU pool (0: none was needed)
 
     def summary(self) -> str:
-        """One line for the UI."""
+        """One line for the UI and the request log."""
         sizes = ",".join(map(str, self.batch_sizes))
+        post = f"; post-processing {self.post_s:.2f} s" if self.post_s else ""
         return (
             f"{self.audio_s:.1f} s of audio in {self.total_s:.2f} s (RTF {self.rtf:.2f}); first audio {self.first_audio_s:.2f} s; "
-            f"queue wait {self.queue_wait_s:.2f} s; {self.sentences} sentence(s) in {self.batches} batch(es) of size [{sizes}]"
+            f"queue wait {self.queue_wait_s:.2f} s; {self.sentences} sentence(s) in {self.batches} batch(es) of size [{sizes}]; "
+            f"{self.emotion}, speed {self.speed:g}x, pitch {self.pitch:+g} st, volume {self.volume:+g} dB{post}"
         )
 
 
@@ -118,6 +127,8 @@ class TTSService:
             free_memory=_free_cuda_cache,
             after_batch=self._after_batch,
         )
+        self._post = PostProcessor(engine, serve.post_workers)  # CPU threads, never the model's worker
+        self._requests: deque[Timings] = deque(maxlen=2000)
         self.started_at = time.time()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -132,6 +143,7 @@ class TTSService:
 
     def close(self) -> None:
         self._batcher.stop()
+        self._post.close()
 
     def __enter__(self) -> "TTSService":
         return self
@@ -195,14 +207,16 @@ class TTSService:
         return self.update_settings(**changes).result(timeout_s)
 
     # --- requests ----------------------------------------------------------------------------------
-    def plan(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None) -> list[Utterance]:
+    def plan(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None,
+             speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0) -> list[Utterance]:
         """Check a request at the edge and turn it into the engine's items, one per normalised sentence.
 
         Raises TTSInputError naming the bad value. Seeds are per sentence: from the request's seed if given, else
-        from the sentence and speaker, so the same request always sounds the same.
+        from the sentence and speaker, so the same request always sounds the same. Every item carries the controls.
         """
         check_text(text, self.serve.max_chars)
         self.engine.check(speaker, emotion)
+        check_controls(speed, pitch, volume)
         sentences = [s for s in textproc.split_sentences(textproc.normalize(text)) if self.engine.speakable(s)]
         if not sentences:
             raise TTSInputError(f"nothing speakable in {text[:40]!r}: it has no Chinese characters, letters or digits")
@@ -210,83 +224,93 @@ class TTSService:
             seeds = [(int(seed) + i) & 0x7FFFFFFF for i in range(len(sentences))]
         else:
             seeds = [zlib.crc32(f"{speaker}|{s}".encode()) & 0x7FFFFFFF for s in sentences]
-        return [Utterance(s, speaker, emotion, k) for s, k in zip(sentences, seeds)]
+        controls = dict(speed=float(speed), pitch=float(pitch), volume=float(volume))
+        return [Utterance(s, speaker, emotion, k, **controls) for s, k in zip(sentences, seeds)]
 
-    def submit(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None) -> Result:
+    @property
+    def post(self) -> PostProcessor:
+        """What the service renders after the model (emotion by rule, signal-level controls), on its CPU pool."""
+        return self._post
+
+    def submit(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None,
+               speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0) -> Result:
         """Synthesize a whole text (blocking): its sentences are queued together, so they batch."""
-        utts = self.plan(text, speaker, emotion, seed)
+        utts = self.plan(text, speaker, emotion, seed, speed, pitch, volume)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
         t0 = time.monotonic()
-        reqs = self._batcher.submit_many(utts, timeout_s=timeout_s)
-        pieces = self._collect(reqs, t0, timeout_s)
-        return self._result(utts, reqs, pieces, t0)
+        jobs = self._enqueue(utts, timeout_s)
+        return self._result(utts, jobs, self._collect(jobs, t0, timeout_s), t0)
 
     async def submit_async(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None,
-                           timeout_s: float | None = None, **options) -> Result:
-        """submit() for an event loop (a Serve replica): awaits the batcher instead of holding a thread.
+                           timeout_s: float | None = None, **controls) -> Result:
+        """submit() for an event loop (a Serve replica): awaits the answers instead of holding a thread.
 
-        options are the request's other keywords, passed on to plan() unchanged.
+        controls are the request's speed/pitch/volume keywords, passed on to plan() unchanged.
         """
-        utts = self.plan(text, speaker, emotion, seed, **options)
+        utts = self.plan(text, speaker, emotion, seed, **controls)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
         t0 = time.monotonic()
-        reqs = self._batcher.submit_many(utts, timeout_s=timeout_s)
-        pieces = await self._collect_async(reqs, t0, timeout_s)
-        return self._result(utts, reqs, pieces, t0)
+        jobs = self._enqueue(utts, timeout_s)
+        return self._result(utts, jobs, await self._collect_async(jobs, t0, timeout_s), t0)
 
-    def stream(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None) -> Iterator[Piece]:
+    def stream(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None,
+               speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0) -> Iterator[Piece]:
         """Yield each sentence's audio in order as soon as it is ready.
 
         The first sentence is queued alone and the rest once it has started, so it runs in a small batch and its
         audio arrives early; the rest still batch together (and with other callers' items).
         """
-        utts = self.plan(text, speaker, emotion, seed)
+        utts = self.plan(text, speaker, emotion, seed, speed, pitch, volume)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
         t0 = time.monotonic()
-        reqs = self._batcher.submit_many(utts[:1], timeout_s=timeout_s)
+        jobs = self._enqueue(utts[:1], timeout_s)
         try:
             if len(utts) > 1:
-                reqs[0].started.wait(timeout_s)
-                reqs += self._batcher.submit_many(utts[1:], timeout_s=timeout_s)
-            for i, req in enumerate(reqs):
-                audio = self._collect([req], t0, timeout_s)[0]
-                yield self._piece(utts, i, audio, t0)
+                jobs[0].request.started.wait(timeout_s)
+                jobs += self._enqueue(utts[1:], timeout_s)
+            for i, job in enumerate(jobs):
+                yield self._piece(utts, i, self._collect([job], t0, timeout_s)[0], t0)
+            self._record(jobs, t0, utts[0])
         finally:
-            for req in reqs:  # a consumer that stops early (closed browser) frees the queue
-                req.future.cancel()
+            for job in jobs:  # a consumer that stops early (closed browser) frees the queue and the pool
+                job.cancel()
 
     async def stream_async(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None,
-                           timeout_s: float | None = None, **options) -> AsyncIterator[Piece]:
-        """stream() for an event loop: the same order and batching, awaiting the batcher."""
-        utts = self.plan(text, speaker, emotion, seed, **options)
+                           timeout_s: float | None = None, **controls) -> AsyncIterator[Piece]:
+        """stream() for an event loop: the same order and batching, awaiting the answers."""
+        utts = self.plan(text, speaker, emotion, seed, **controls)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
         t0 = time.monotonic()
-        reqs = self._batcher.submit_many(utts[:1], timeout_s=timeout_s)
+        jobs = self._enqueue(utts[:1], timeout_s)
         try:
             if len(utts) > 1:
-                await _started(reqs[0], timeout_s)
-                reqs += self._batcher.submit_many(utts[1:], timeout_s=timeout_s)
-            for i, req in enumerate(reqs):
-                audio = (await self._collect_async([req], t0, timeout_s))[0]
-                yield self._piece(utts, i, audio, t0)
+                await _started(jobs[0].request, timeout_s)
+                jobs += self._enqueue(utts[1:], timeout_s)
+            for i, job in enumerate(jobs):
+                yield self._piece(utts, i, (await self._collect_async([job], t0, timeout_s))[0], t0)
+            self._record(jobs, t0, utts[0])
         finally:
-            for req in reqs:  # a caller that goes away (cancelled task) frees the queue
-                req.future.cancel()
+            for job in jobs:  # a caller that goes away (cancelled task) frees the queue and the pool
+                job.cancel()
 
-    def _collect(self, reqs: list[Request], t0: float, timeout_s: float) -> list[np.ndarray]:
-        with self._answering(reqs, timeout_s):
-            return [req.future.result(max(0.0, timeout_s - (time.monotonic() - t0))) for req in reqs]
+    def _enqueue(self, utts: list[Utterance], timeout_s: float) -> list[Job]:
+        """Queue the items for the model; those with emotion or controls to render follow on the CPU pool."""
+        return [self._post.follow(req, item) for req, item in zip(self._batcher.submit_many(utts, timeout_s=timeout_s), utts)]
 
-    async def _collect_async(self, reqs: list[Request], t0: float, timeout_s: float) -> list[np.ndarray]:
-        with self._answering(reqs, timeout_s):
+    def _collect(self, jobs: list[Job], t0: float, timeout_s: float) -> list[np.ndarray]:
+        with self._answering(jobs, timeout_s):
+            return [job.future.result(max(0.0, timeout_s - (time.monotonic() - t0))) for job in jobs]
+
+    async def _collect_async(self, jobs: list[Job], t0: float, timeout_s: float) -> list[np.ndarray]:
+        with self._answering(jobs, timeout_s):
             out = []
-            for req in reqs:
+            for job in jobs:
                 remaining = max(0.0, timeout_s - (time.monotonic() - t0))
-                out.append(await asyncio.wait_for(asyncio.wrap_future(req.future), remaining))
+                out.append(await asyncio.wait_for(asyncio.wrap_future(job.future), remaining))
             return out
 
     @contextmanager
-    def _answering(self, reqs: list[Request], timeout_s: float) -> Iterator[None]:
+    def _answering(self, jobs: list[Job], timeout_s: float) -> Iterator[None]:
         """Turn a caller's wait into its answer: a timeout becomes a SynthesisError; unfinished items are skipped."""
         try:
             yield
@@ -296,31 +320,44 @@ class TTSService:
             self.errors += 1
             raise
         finally:
-            for req in reqs:
-                req.future.cancel()  # no-op for finished ones; skips the rest if we gave up
+            for job in jobs:
+                job.cancel()  # no-op for finished ones; skips the rest if we gave up
 
-    def _result(self, utts: list[Utterance], reqs: list[Request], pieces: list[np.ndarray], t0: float) -> Result:
+    def _result(self, utts: list[Utterance], jobs: list[Job], pieces: list[np.ndarray], t0: float) -> Result:
         rate = self.engine.sample_rate
-        return Result(join_sentences(pieces, rate), rate, self._timings(reqs, t0), [u.text for u in utts])
+        return Result(join_sentences(pieces, rate), rate, self._record(jobs, t0, utts[0]), [u.text for u in utts])
 
     def _piece(self, utts: list[Utterance], index: int, audio: np.ndarray, t0: float) -> Piece:
         return Piece(index, len(utts), utts[index].text, audio, self.engine.sample_rate, time.monotonic() - t0)
 
-    def _timings(self, reqs: list[Request], t0: float) -> Timings:
-        done = max(r.done_at for r in reqs)
-        audio_s = sum(len(r.future.result()) for r in reqs) / self.engine.sample_rate
+    def _record(self, jobs: list[Job], t0: float, first: Utterance) -> Timings:
+        """The finished request's timings, kept in the request log."""
+        timings = self._timings(jobs, t0, first)
+        self._requests.append(timings)
+        log.info("request: %s", timings.summary())
+        return timings
+
+    def _timings(self, jobs: list[Job], t0: float, first: Utterance) -> Timings:
+        reqs = [job.request for job in jobs]
+        done = max(job.done_at for job in jobs)
+        audio_s = sum(len(job.future.result()) for job in jobs) / self.engine.sample_rate
         batches = {r.batch_id: r.compute_s for r in reqs}
         total = done - t0
         return Timings(
             total_s=total,
             queue_wait_s=max(r.batched_at - r.enqueued_at for r in reqs),
             compute_s=sum(batches.values()),
-            first_audio_s=reqs[0].done_at - t0,
+            first_audio_s=jobs[0].done_at - t0,
             audio_s=audio_s,
             rtf=total / audio_s if audio_s else float("nan"),
             sentences=len(reqs),
             batches=len(batches),
             batch_sizes=[r.batch_size for r in reqs],
+            emotion=first.emotion,
+            speed=first.speed,
+            pitch=first.pitch,
+            volume=first.volume,
+            post_s=sum(job.post_s for job in jobs),
         )
 
     # --- worker side -------------------------------------------------------------------------------
@@ -334,6 +371,11 @@ class TTSService:
     # --- introspection -----------------------------------------------------------------------------
     def queue_depth(self) -> int:
         return self._batcher.depth()
+
+    @property
+    def request_log(self) -> list[Timings]:
+        """Recent finished requests (their emotion, controls and timings), oldest first."""
+        return list(self._requests)
 
     @property
     def batch_log(self):
@@ -352,16 +394,16 @@ class TTSService:
             "status": "ok" if self.engine.loaded else "not loaded",
             "engine": self.engine.name,
             "model_loaded": self.engine.loaded,
-            "worker_alive": b.alive(),
             "device": self.engine.device,
             "precision": self.engine.precision,
-            "cuda_graphs": self.engine.cuda_graphs,  # in force: False means the dynamic decoding loop
-            "cuda_graphs_detail": self.engine.cuda_graphs_detail or None,
             "sample_rate": self.engine.sample_rate,
             "speakers": len(self.engine.speakers),
             "emotions": list(self.engine.emotions),
             "settings": dataclasses.asdict(self._settings),
+            "cuda_graphs": self.engine.cuda_graphs,  # in force: False means the dynamic decoding loop
+            "cuda_graphs_detail": self.engine.cuda_graphs_detail or None,
             "note": "; ".join(self.engine.notes) or None,
+            "worker_alive": b.alive(),
             "queue_depth": b.depth(),
             "queue_capacity": b.capacity,
             "batches_run": b.batches_run,
@@ -374,14 +416,14 @@ class TTSService:
         }
 
 
+def memory_figures() -> dict[str, float | None]:
+    """Process RSS and, when CUDA is in use, PyTorch allocator figures in MiB (None where not available)."""
+    figures = {"rss_mib": rss_mib(), **torch_cuda_mib()}
+    return {k: None if math.isnan(v) else v for k, v in figures.items()}
+
+
 async def _started(req: Request, timeout_s: float, poll_s: float = 0.002) -> None:
     """Wait, without holding a thread, until the worker takes req into a batch (or timeout_s passes)."""
     deadline = time.monotonic() + timeout_s
     while not req.started.is_set() and time.monotonic() < deadline:
         await asyncio.sleep(poll_s)
-
-
-def memory_figures() -> dict[str, float | None]:
-    """Process RSS and, when CUDA is in use, PyTorch allocator figures in MiB (None where not available)."""
-    figures = {"rss_mib": rss_mib(), **torch_cuda_mib()}
-    return {k: None if math.isnan(v) else v for k, v in figures.items()}

@@ -1,6 +1,7 @@
 """Frozen settings, checked once at the edge; change them with dataclasses.replace."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 ENGINE_NAMES = ("embedded", "sambert", "modelscope")
@@ -13,9 +14,12 @@ def check_controls(speed: float, pitch: float, volume: float) -> None:
     """Refuse a request's speed/pitch/volume outside its range with a TTSInputError naming the value and the range."""
     from app.errors import TTSInputError
 
-    for name, value, (lo, hi), unit in (("speed", speed, SPEED_RANGE, "x"), ("pitch", pitch, PITCH_RANGE_ST, " semitones"),
+    for name, value, (lo, hi), unit in (("speed", speed, SPEED_RANGE, " (tempo factor)"),
+                                        ("pitch", pitch, PITCH_RANGE_ST, " semitones"),
                                         ("volume", volume, VOLUME_RANGE_DB, " dB")):
-        if not isinstance(value, (int, float)) or not lo <= value <= hi:  # NaN fails both comparisons
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TTSInputError(f"{name}={value!r} is not a number; give one from {lo:g} to {hi:g}{unit}")
+        if not lo <= value <= hi:  # NaN fails both comparisons
             raise TTSInputError(f"{name}={value!r} is outside {lo:g} to {hi:g}{unit}")
 
 
@@ -62,6 +66,7 @@ class ServeSettings:
     queue_size: int = 256  # most sentences waiting at once; past it submit fails with "busy"
     max_chars: int = 1000  # longest text one request may carry
     request_timeout_s: float = 300.0  # a caller gives up after this long; its queued items are skipped
+    post_workers: int = 2  # CPU threads rendering emotion/speed/pitch/volume after the batch (never the model's worker)
     host: str = "127.0.0.1"  # address the web server binds
     port: int = 7860  # port the web server binds
     share: bool = False  # ask Gradio for a public share link
@@ -70,6 +75,8 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if self.queue_size < 1:
             raise ValueError(f"queue_size={self.queue_size} must be at least 1")
+        if not 1 <= self.post_workers <= 64:
+            raise ValueError(f"post_workers={self.post_workers} must be between 1 and 64")
         if not 1 <= self.max_chars <= 20000:
             raise ValueError(f"max_chars={self.max_chars} must be between 1 and 20000")
         if not 0 < self.port < 65536:

@@ -83,6 +83,34 @@ def test_client_gets_clear_errors(app_url):
         client.predict("字" * 301, "Aijia", "neutral", api_name="/synthesize")
 
 
+def test_client_synthesize_takes_optional_speed_pitch_volume(app_url):
+    """The 3-argument call keeps working; speed, pitch and volume are optional, by position or by name."""
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/synthesize"]["parameters"]
+    assert [(p["parameter_name"], p["parameter_has_default"], p["parameter_default"]) for p in api[3:]] == [
+        ("speed", True, 1.0), ("pitch", True, 0.0), ("volume", True, 0.0)]
+    text = "今天的天气真不错，我们去公园走走吧。"
+    plain = wav_seconds(client.predict(text, "Aijia", "neutral", api_name="/synthesize"))
+    positional = wav_seconds(client.predict(text, "Aijia", "happy", 1.5, 3, -6, api_name="/synthesize"))
+    named = wav_seconds(client.predict(text=text, speaker="Aijia", emotion="neutral", speed=2.0, api_name="/synthesize"))
+    assert abs(positional - (plain - 0.1) / (1.5 * 1.05) - 0.1) < 0.1, (plain, positional)  # edges (0.05 s each) stay
+    assert abs(named - (plain - 0.1) / 2.0 - 0.1) < 0.1, (plain, named)
+
+
+def test_client_gets_clear_errors_for_controls(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    with pytest.raises(Exception, match=r"speed=3\.0 is outside 0\.5 to 2 \(tempo factor\)"):
+        client.predict("你好。", "Aijia", "neutral", 3.0, api_name="/synthesize")
+    with pytest.raises(Exception, match=r"volume=9\.0 is outside -12 to 6 dB"):
+        client.predict("你好。", "Aijia", "sad", volume=9.0, api_name="/synthesize")
+    with pytest.raises(Exception, match="furious"):  # Gradio's dropdown check names the bad value
+        client.predict("你好。", "Aijia", "furious", api_name="/synthesize")
+
+
 def test_concurrent_client_calls_all_succeed(app_url):
     from gradio_client import Client
 
@@ -127,11 +155,16 @@ def test_page_in_headless_chromium(page_url, request):
         page.locator("#tts-text textarea").fill("今天天气很好。我们一起去公园散步吧。")
         expect(page.locator("#char-counter")).to_contain_text("18 / 300", timeout=10_000)
         first_plot = plot.inner_html()
+        page.locator("#emotion input").click()  # the dropdown is live: pick a rule-rendered emotion and a speed
+        page.get_by_role("option", name="happy").click()
+        expect(page.locator("#emotion input")).to_have_value("happy")
+        page.locator("#speed input[type=number]").fill("1.5")
+        page.locator("#speed input[type=number]").press("Enter")
         page.locator("#synthesize").click()
         # The player renders its audio element twice on the whole-answer path (one hidden): the one with a source counts.
         audio = page.locator("#speech audio[src]").first
         expect(audio).to_have_attribute("src", re.compile(r"^(blob:|http).+"), timeout=60_000)
-        timing = re.compile(r"sentence 2/2 ready") if streamed else re.compile(r"2 sentence\(s\) in \d+ batch")
+        timing = re.compile(r"sentence 2/2 ready") if streamed else re.compile(r"2 sentence\(s\) in \d+ batch.*happy, speed 1.5x")
         expect(page.locator("#timing")).to_contain_text(timing, timeout=60_000)
         page.wait_for_timeout(2500)  # at least two panel ticks
         assert plot.inner_html() != first_plot, "the live panel did not update"
@@ -147,3 +180,34 @@ def test_modelscope_engine_without_extras_exits_with_a_clear_message():
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert "error:" in proc.stderr
+
+
+def run_launch(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_say_renders_emotion_and_controls(tmp_path):
+    plain, styled = tmp_path / "plain.wav", tmp_path / "styled.wav"
+    text = "今天的天气真不错，我们去公园走走吧。"
+    assert run_launch("--say", text, "--seed", "1", "--out", str(plain)).returncode == 0
+    proc = run_launch("--say", text, "--seed", "1", "--emotion", "sad", "--speed", "1.5", "--pitch", "3", "--volume", "-6",
+                      "--out", str(styled))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = (wav_seconds(str(plain)) - 0.1) / (1.5 * 0.9) + 0.1  # sad's own tempo is 0.9
+    assert abs(wav_seconds(str(styled)) - expected) < 0.1
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--speed", "3"], "speed=3.0 is outside 0.5 to 2 (tempo factor)"),
+        (["--pitch", "-6.5"], "pitch=-6.5 is outside -6 to 6 semitones"),
+        (["--volume", "7"], "volume=7.0 is outside -12 to 6 dB"),
+        (["--emotion", "furious"], "unknown emotion 'furious' for engine embedded; choose one of: neutral, happy, sad"),
+    ],
+)
+def test_say_refuses_bad_controls_with_exit_2_and_the_message(args, message, tmp_path):
+    proc = run_launch("--say", "你好。", "--out", str(tmp_path / "x.wav"), *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and f"error: {message}" in proc.stderr
+    assert not (tmp_path / "x.wav").exists()

@@ -101,7 +101,7 @@ def test_out_of_range_controls_are_refused_with_the_range():
     from app.errors import TTSInputError
     from app.settings import check_controls
 
-    for bad, match in (((3.0, 0.0, 0.0), "speed=3.0 is outside 0.5 to 2x"), ((1.0, 7.0, 0.0), "pitch=7.0"),
+    for bad, match in (((3.0, 0.0, 0.0), r"speed=3.0 is outside 0.5 to 2 \(tempo factor\)"), ((1.0, 7.0, 0.0), "pitch=7.0"),
                        ((1.0, 0.0, float("nan")), "volume=nan")):
         with pytest.raises(TTSInputError, match=match):
             check_controls(*bad)
@@ -266,7 +266,7 @@ def test_emotions_option_through_launch(tmp_path):
                              "--emotions", "my_voice=happy,sad", "--list-speakers"],
                             cwd=root, capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
-    assert "emotions: neutral, happy, sad" in listed.stdout
+    assert "emotions (trained): neutral, happy, sad" in listed.stdout
     bad = subprocess.run([sys.executable, "launch.py", "--engine", "sambert", "--model", str(folder),
                           "--emotions", "my_voice=happy,furious", "--list-speakers"],
                          cwd=root, capture_output=True, text=True, timeout=300)

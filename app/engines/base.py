@@ -25,6 +25,11 @@ WARMUP_TEXT = "你好，欢迎使用语音合成。"  # short, covers tones and 
 EMOTIONS_TRAINED = "trained"  # the model was trained with emotion labels (Sambert's emotional voices)
 EMOTIONS_RULES = "rendered by prosody rules"  # rendered after the model by pitch/tempo/loudness rules
 EMOTIONS_NONE = "none"  # neutral only
+EMOTION_KIND_INFO = {  # what the UI says about an engine's emotions
+    EMOTIONS_TRAINED: "emotions: trained (the model was trained on them)",
+    EMOTIONS_RULES: "emotions: rendered by prosody rules (pitch, range, tempo, loudness after the model)",
+    EMOTIONS_NONE: "this engine has a single emotion: neutral",
+}
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,8 @@ class EngineBase:
     fp16_label: ClassVar[str] = "fp16"  # how FP16 is described when in force, e.g. "fp16 (vocoder fp32)"
     fp32_label: ClassVar[str] = "fp32"  # how FP32 is described when in force
     emotion_kind: ClassVar[str] = EMOTIONS_NONE  # EMOTIONS_TRAINED, EMOTIONS_RULES or EMOTIONS_NONE
-    # Utterance controls ("speed", "pitch", "volume") the engine renders itself, per item; the service applies the
-    # others to the waveform after synthesis.
+    # Which of {"speed", "pitch", "volume"} the engine renders inside its model; the service renders the
+    # others (and, for EMOTIONS_RULES engines, the emotion) on the waveform after the batch (app.prosody).
     controls_in_model: ClassVar[frozenset[str]] = frozenset()
     cuda_graphs_capable: ClassVar[bool] = False  # whether the engine has a static decoder CUDA graphs can capture
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from app.audio import SENTENCE_PAUSE_S, float_to_int16, silence
-from app.engines.base import EngineBase
+from app.engines.base import EMOTION_KIND_INFO, EMOTIONS_NONE, EngineBase
 from app.errors import QueueFullError, SynthesisError, TTSInputError
 from app.service import TTSService
 from profiling import plots
@@ -37,6 +37,12 @@ def emotion_choices(engine: EngineBase, speaker: str) -> list[str]:
     return list(engine.emotions_for(speaker)) or list(engine.emotions)
 
 
+def emotion_info(engine: EngineBase, speaker: str) -> str:
+    """Says which kind of emotion this voice has: trained, rendered by prosody rules, or none."""
+    kind = engine.emotion_kind if len(emotion_choices(engine, speaker)) > 1 else EMOTIONS_NONE
+    return EMOTION_KIND_INFO[kind]
+
+
 class Handlers:
     """Everything the page does, as functions the UI wires to components."""
 
@@ -47,15 +53,17 @@ class Handlers:
         self.workload = workload or load_workload()
 
     # --- speech ------------------------------------------------------------------------------------
-    def speak(self, text: str, speaker: str, emotion: str) -> Iterator[tuple[tuple[int, np.ndarray] | None, str]]:
+    def speak(self, text: str, speaker: str, emotion: str, speed: float = 1.0, pitch: float = 0.0,
+              volume: float = 0.0) -> Iterator[tuple[tuple[int, np.ndarray] | None, str]]:
         """Stream sentence by sentence (ffmpeg present) or answer once; yields (audio, timing line)."""
+        controls = dict(speed=speed, pitch=pitch, volume=volume)
         try:
             if not self.streaming:
-                result = self.service.submit(text, speaker, emotion)
+                result = self.service.submit(text, speaker, emotion, **controls)
                 yield (result.sample_rate, float_to_int16(result.audio)), result.timings.summary()
                 return
             audio_s, rate = 0.0, None
-            for piece in self.service.stream(text, speaker, emotion):
+            for piece in self.service.stream(text, speaker, emotion, **controls):
                 rate = piece.sample_rate
                 chunk = piece.audio if piece.index == 0 else np.concatenate([silence(SENTENCE_PAUSE_S, rate), piece.audio])
                 audio_s += len(chunk) / rate
@@ -65,18 +73,21 @@ class Handlers:
         except (TTSInputError, QueueFullError, SynthesisError) as exc:
             raise gr.Error(str(exc)) from None
 
-    def synthesize(self, text: str, speaker: str, emotion: str) -> tuple[int, np.ndarray]:
-        """The /synthesize API: whole text -> one WAV."""
+    def synthesize(self, text: str, speaker: str, emotion: str, speed: float = 1.0, pitch: float = 0.0,
+                   volume: float = 0.0) -> tuple[int, np.ndarray]:
+        """The /synthesize API: whole text -> one WAV; speed, pitch and volume are optional."""
         try:
-            result = self.service.submit(text, speaker, emotion)
+            result = self.service.submit(text, speaker, emotion, speed=speed, pitch=pitch, volume=volume)
         except (TTSInputError, QueueFullError, SynthesisError) as exc:
             raise gr.Error(str(exc)) from None
         return result.sample_rate, float_to_int16(result.audio)
 
     def emotions(self, speaker: str, current: str):
         """Emotion dropdown for the chosen speaker, keeping the current emotion when that speaker has it."""
-        choices = emotion_choices(self.service.engine, speaker)
-        return gr.Dropdown(choices=choices, value=current if current in choices else choices[0], interactive=len(choices) > 1)
+        engine = self.service.engine
+        choices = emotion_choices(engine, speaker)
+        return gr.Dropdown(choices=choices, value=current if current in choices else choices[0], interactive=len(choices) > 1,
+                           info=emotion_info(engine, speaker))
 
     # --- side panel --------------------------------------------------------------------------------
     def batches_frame(self) -> pd.DataFrame:

@@ -5,9 +5,9 @@ import sys
 
 import gradio as gr
 
-from app.web.handlers import Handlers, emotion_choices, ffmpeg_available, speaker_choices
+from app.web.handlers import Handlers, emotion_choices, emotion_info, ffmpeg_available, speaker_choices
 from app.service import TTSService
-from app.settings import ServeSettings
+from app.settings import PITCH_RANGE_ST, SPEED_RANGE, VOLUME_RANGE_DB, ServeSettings
 from profiling.monitor import Monitor
 
 
@@ -48,17 +48,19 @@ def build_ui(service: TTSService, monitor: Monitor, streaming: bool | None = Non
 
 
 def _speech_column(h: Handlers) -> None:
-    """Text, speaker, emotion, the player and the public /synthesize API."""
+    """Text, speaker, emotion, speed/pitch/volume, the player and the public /synthesize API."""
     engine, max_chars, limit = h.service.engine, h.service.serve.max_chars, h.service.serve.queue_size
     emotions = emotion_choices(engine, engine.default_speaker)
     text = gr.Textbox(label="Text", lines=6, max_length=max_chars, placeholder="输入中文文本……", elem_id="tts-text")
     counter = gr.Markdown(f"0 / {max_chars} characters", elem_id="char-counter")
     with gr.Row():
         speaker = gr.Dropdown(speaker_choices(engine), value=engine.default_speaker, label="Speaker", elem_id="speaker")
-        emotion = gr.Dropdown(
-            emotions, value=emotions[0], label="Emotion", interactive=len(emotions) > 1,
-            info="this engine has a single emotion: neutral" if len(engine.emotions) == 1 else None, elem_id="emotion",
-        )
+        emotion = gr.Dropdown(emotions, value=emotions[0], label="Emotion", interactive=len(emotions) > 1,
+                              info=emotion_info(engine, engine.default_speaker), elem_id="emotion")
+    with gr.Row():
+        speed = gr.Slider(*SPEED_RANGE, value=1.0, step=0.05, label="Speed (x)", elem_id="speed")
+        pitch = gr.Slider(*PITCH_RANGE_ST, value=0.0, step=0.5, label="Pitch (semitones)", elem_id="pitch")
+        volume = gr.Slider(*VOLUME_RANGE_DB, value=0.0, step=1.0, label="Volume (dB)", elem_id="volume")
     speak = gr.Button("Synthesize", variant="primary", elem_id="synthesize")
     audio = gr.Audio(label="Speech", streaming=h.streaming, autoplay=True, interactive=False, elem_id="speech")
     timing = gr.Markdown(elem_id="timing")
@@ -68,10 +70,14 @@ def _speech_column(h: Handlers) -> None:
     with gr.Row(visible=False):  # the /synthesize API endpoint: whole text -> one WAV
         api_audio = gr.Audio(type="numpy", format="wav")
         api_button = gr.Button()
+        # Optional API inputs (a component with an initial value is an optional parameter for gradio_client, so the
+        # 3-argument call keeps working); unbounded Numbers, so a bad value gets the service's message with its range.
+        api_controls = [gr.Number(value=1.0, label="speed"), gr.Number(value=0.0, label="pitch"), gr.Number(value=0.0, label="volume")]
     speaker.change(h.emotions, [speaker, emotion], emotion, queue=False, api_visibility="private")
     text.change(None, text, counter, js=COUNTER_JS.replace("MAX", str(max_chars)), queue=False)
-    speak.click(h.speak, [text, speaker, emotion], [audio, timing], api_name="synthesize_stream", concurrency_limit=limit)
-    api_button.click(h.synthesize, [text, speaker, emotion], api_audio, api_name="synthesize", concurrency_limit=limit)
+    speak.click(h.speak, [text, speaker, emotion, speed, pitch, volume], [audio, timing], api_name="synthesize_stream",
+                concurrency_limit=limit)
+    api_button.click(h.synthesize, [text, speaker, emotion, *api_controls], api_audio, api_name="synthesize", concurrency_limit=limit)
 
 
 def _live_tab(h: Handlers, status: gr.Markdown) -> list[gr.Plot]:

@@ -9,20 +9,24 @@ import numpy as np
 import torch
 
 from app.engines import precision
-from app.engines.base import EngineBase, Utterance
+from app.engines.base import EMOTIONS_RULES, EngineBase, Utterance
 from app.engines.embedded.frontend import SPOKEN_IDS, Frontend, text_to_ids, warm_phkit
 from app.engines.embedded.melgan import MelGAN
 from app.engines.embedded.static_decoder import StaticTacotronDecoder
 from app.engines.embedded.tacotron import PRENET_DROPOUT, Tacotron, TacotronConfig, max_frames, speaker_vector
 from app.engines.embedded.weights import load_weights
+from app.prosody import RULE_EMOTIONS
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 22050  # Hz, the rate the acoustic model's mels and the vocoder were trained at
-# Ordered by an independent ASR check of each voice (character error rate, see DESIGN.md): best first.
-GOOD_SPEAKERS = ("Aijia", "Aina", "Aiwei", "Aiyu", "Xiaobei", "Xiaoxue", "Aicheng", "Aijing", "Aixia", "Aiyue")
-FAIR_SPEAKERS = ("Aiqi", "biaobei", "Xiaomeng", "Xiaoyun", "Aibao", "Aiya", "Aitong", "Siyue", "Aimei", "Aida")
-EXPERIMENTAL_SPEAKERS = ("Xiaomei", "Xiaogang", "Yina")  # 30-240% CER: often unintelligible or looping
+# Ordered by independent checks of our own output, intelligibility first, naturalness second (six sentences per voice,
+# CPU; whisper-base character error rate, NISQA-TTS naturalness; figures in README.md). Good: at most one character
+# wrong in six sentences (CER <= 0.013, the same word most voices were misheard on), by naturalness, best first.
+GOOD_SPEAKERS = ("biaobei", "Aiqi", "Aina", "Aixia", "Aijia", "Aiya", "Aijing", "Aimei", "Aida", "Aiyue", "Aicheng", "Aiyu",
+                 "Xiaoxue", "Aiwei", "Aitong")
+FAIR_SPEAKERS = ("Xiaobei", "Xiaoyun", "Aibao", "Siyue", "Xiaomeng")  # CER 0.03-0.05 (Xiaomeng 0.16), by naturalness
+EXPERIMENTAL_SPEAKERS = ("Xiaomei", "Xiaogang", "Yina")  # CER 0.43-0.66: often unintelligible or cut short
 CUDA_VOCODER_ROWS = 32  # vocoder windows per call on CUDA (on CPU one at a time measured fastest: ~0.05 RTF)
 CUDA_GATE_CHECK_EVERY = 8  # decoder steps between stop checks on CUDA (each check syncs the GPU)
 # What "FP16 on" runs per module. MelGAN overflows in FP16 (activations ~6e3), so the vocoder stays FP32 until the
@@ -31,11 +35,16 @@ HALF_PRECISION = {"acoustic": "fp16", "vocoder": "fp32"}
 
 
 class EmbeddedEngine(EngineBase):
-    """Multi-speaker Chinese Tacotron2 (22.05 kHz), batched with exact per-item masking; no trained emotions."""
+    """Multi-speaker Chinese Tacotron2 (22.05 kHz), batched with exact per-item masking.
+
+    The checkpoint has no style tokens, so it has no trained emotions: every voice offers Sambert's emotion names,
+    rendered by prosody rules after the model (app.prosody), and the model itself always speaks neutral.
+    """
 
     name = "embedded"
     max_batch_size = 64
     cuda_graphs_capable = True
+    emotion_kind = EMOTIONS_RULES
 
     def __init__(self, cache_dir: str | None = None, frontend: Frontend | None = None) -> None:
         super().__init__()
@@ -43,6 +52,7 @@ class EmbeddedEngine(EngineBase):
         self.speakers = GOOD_SPEAKERS + FAIR_SPEAKERS + EXPERIMENTAL_SPEAKERS
         self.experimental_speakers = frozenset(EXPERIMENTAL_SPEAKERS)
         self.default_speaker = GOOD_SPEAKERS[0]
+        self.emotions = RULE_EMOTIONS
         self._cache_dir = cache_dir
         self._frontend = frontend or text_to_ids  # injectable: ids exported beforehand, on a machine without phkit
         self._acoustic: Tacotron | None = None
