@@ -108,14 +108,16 @@ def run_setting(service, monitor, point: GridPoint, texts: Sequence[str], concur
         torch.cuda.reset_peak_memory_stats()
     if monitor is not None:
         monitor.sample_once()
-    t0_wall, n_batches = time.time(), len(service.batch_log)
+    t0_wall = time.time()
     records, wall_s = run_load(call, texts, concurrency, repeats)
     t1_wall = time.time()
     row.update(summarize(records, wall_s))
-    formed = [b.size for b in service.batch_log[n_batches:] if b.ok]
+    if monitor is not None:
+        monitor.sample_once()  # also pulls the replicas' latest telemetry when the service is the Ray Serve front
+    # By time, not by position: a replicas' front merges several bounded logs, so positions shift.
+    formed = [b.size for b in service.batch_log if b.ok and t0_wall <= b.t <= t1_wall]
     row["mean_batch_size"] = statistics.fmean(formed) if formed else float("nan")
     if monitor is not None:
-        monitor.sample_once()
         summary = monitor.summary(t0_wall, t1_wall)
         for key in ("peak_vram_used_mib", "mean_gpu_util_pct", "peak_rss_mib", "peak_torch_allocated_mib", "peak_torch_reserved_mib"):
             row[key] = summary.get(key, float("nan"))

@@ -256,6 +256,9 @@ class ReplicaClient:
             "emotions": list(self.engine.emotions),
             "settings": dataclasses.asdict(self._settings),
             "settings_version": self.settings_version,
+            "cuda_graphs": bool(healths) and all(h["cuda_graphs"] for h in healths),  # in force on every replica
+            "cuda_graphs_detail": "; ".join(sorted({h["cuda_graphs_detail"] for h in healths if h["cuda_graphs_detail"]})) or None,
+            "worker_alive": bool(healths) and all(h["worker_alive"] for h in healths),
             "note": "; ".join(self.engine.notes) or None,
             **totals,
             "requests_retried": self.retried,
