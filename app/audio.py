@@ -22,15 +22,20 @@ def int16_to_float(audio: np.ndarray) -> np.ndarray:
     return (audio.astype(np.float32) / (INT16_FULL_SCALE + 1)).astype(np.float32)
 
 
-def float32_to_wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
-    """Mono float32 -> a complete 16-bit PCM WAV file in memory."""
+def pcm16_wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
+    """Mono int16 samples -> a complete 16-bit PCM WAV file in memory."""
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sample_rate)
-        w.writeframes(float_to_int16(audio).astype("<i2").tobytes())
+        w.writeframes(np.asarray(pcm).astype("<i2").tobytes())
     return buf.getvalue()
+
+
+def float32_to_wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """Mono float32 -> a complete 16-bit PCM WAV file in memory."""
+    return pcm16_wav_bytes(float_to_int16(audio), sample_rate)
 
 
 def wav_bytes_to_float32(data: bytes) -> tuple[np.ndarray, int]:
