@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder", default="dynamic", help=f"comma list of {', '.join(DECODERS)}")
     p.add_argument("--batch", default="1,2,4,8")
     p.add_argument("--texts", default=str(WORKLOAD_FILE))
+    p.add_argument("--speaker", help="voice for every sentence (default: the engine's default voice)")
     p.add_argument("--symbols", help="precomputed symbol ids (JSON) instead of phkit")
     p.add_argument("--export-symbols", metavar="FILE", help="write symbol ids for the workload and exit")
     p.add_argument("--no-quality", action="store_true", help="skip the FP32 dynamic reference and the fidelity columns")
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.load(args.device, fp16=False)
     load_s = time.monotonic() - t0
     sentences = workload_sentences(texts)
-    utts = [Utterance(s, engine.default_speaker, seed=i) for i, s in enumerate(sentences)]
+    utts = [Utterance(s, args.speaker or engine.default_speaker, seed=i) for i, s in enumerate(sentences)]
     monitor = Monitor(interval_s=0.1).start() if engine.device.startswith("cuda") else None
     reference = None if args.no_quality else engine.synthesize(utts)  # FP32, dynamic loop
     rows = []
