@@ -392,13 +392,9 @@ class TTSService:
         b = self._batcher
         return {
             "status": "ok" if self.engine.loaded else "not loaded",
-            "engine": self.engine.name,
+            **engine_fields(self.engine),
             "model_loaded": self.engine.loaded,
             "device": self.engine.device,
-            "precision": self.engine.precision,
-            "sample_rate": self.engine.sample_rate,
-            "speakers": len(self.engine.speakers),
-            "emotions": list(self.engine.emotions),
             "settings": dataclasses.asdict(self._settings),
             "cuda_graphs": self.engine.cuda_graphs,  # in force: False means the dynamic decoding loop
             "cuda_graphs_detail": self.engine.cuda_graphs_detail or None,
@@ -414,6 +410,12 @@ class TTSService:
             "uptime_s": round(time.time() - self.started_at, 1),
             "memory": memory_figures(),
         }
+
+
+def engine_fields(engine: EngineBase) -> dict:
+    """The engine's part of health(): name, precision in force, sample rate, how many speakers, which emotions."""
+    return {"engine": engine.name, "precision": engine.precision, "sample_rate": engine.sample_rate,
+            "speakers": len(engine.speakers), "emotions": list(engine.emotions)}
 
 
 def memory_figures() -> dict[str, float | None]:

@@ -22,7 +22,7 @@ from app.cluster.config import ClusterSettings
 from app.cluster.engine_view import EngineInfo, ReplicaEngine
 from app.engines.base import NEUTRAL
 from app.errors import QueueFullError, SynthesisError, TTSInputError
-from app.service import Piece, Result, check_text, memory_figures
+from app.service import Piece, Result, check_text, engine_fields, memory_figures
 from app.settings import BatchSettings, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -247,13 +247,9 @@ class ReplicaClient:
         devices = sorted({h["device"] for h in healths})
         return {
             "status": "ok" if ok else f"degraded: {len(views)} of {self.cluster.replicas} replicas answering",
-            "engine": self.engine.name,
+            **engine_fields(self.engine),
             "model_loaded": bool(healths) and all(h["model_loaded"] for h in healths),
             "device": f"{len(views)} replicas on {', '.join(devices) or 'nothing'}",
-            "precision": self.engine.precision,
-            "sample_rate": self.engine.sample_rate,
-            "speakers": len(self.engine.speakers),
-            "emotions": list(self.engine.emotions),
             "settings": dataclasses.asdict(self._settings),
             "settings_version": self.settings_version,
             "cuda_graphs": bool(healths) and all(h["cuda_graphs"] for h in healths),  # in force on every replica
