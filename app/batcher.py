@@ -54,8 +54,9 @@ def next_batch(queue: Sequence[Request], max_batch_size: int, max_wait_ms: float
     The batch is filled round-robin across callers (fair_pick), so one caller's flood cannot hold back the others.
     served: each caller's rank by its last pick, lower is longer ago (callers not in it count as never served).
     """
-    drop = [r for r in queue if r.abandoned(now)]
-    live = [r for r in queue if not r.abandoned(now)]
+    gone = [r.abandoned(now) for r in queue]  # once per item: each check takes the future's lock
+    drop = [r for r, g in zip(queue, gone) if g]
+    live = [r for r, g in zip(queue, gone) if not g]
     if not live:
         return Decision([], drop, None)
     due_at = live[0].enqueued_at + max_wait_ms / 1000.0

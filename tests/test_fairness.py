@@ -214,3 +214,26 @@ def test_settings_reject_a_negative_cap_and_the_operator_named_as_a_visitor():
     with pytest.raises(ValueError, match="'boss' must differ"):
         ServeSettings(auth=("boss", "a"), admin=("boss", "b"))
     assert "secret" not in repr(ServeSettings(admin=("boss", "secret")))
+
+
+def test_replica_passes_the_caller_to_its_service():
+    """The Serve replica's async submit takes the caller the front passes through, and its batcher applies the cap."""
+    import asyncio
+
+    from app.cluster.replica import TTSReplica
+    from app.settings import EngineSettings
+
+    replica = TTSReplica(EngineSettings(), BatchSettings(max_batch_size=1, max_wait_ms=0), ServeSettings(max_queued_per_client=2),
+                         full_warmup=False, engine=FakeEngine(delay_s=0.3))
+
+    async def three():
+        return await asyncio.gather(replica.submit("先跑这个。", "alice", caller="X"),
+                                    replica.submit("一。二。", "alice", caller="A"),
+                                    replica.submit("三。", "alice", caller="A"), return_exceptions=True)
+
+    try:
+        first, second, third = asyncio.run(three())
+    finally:
+        replica.close()
+    assert first.sentences == ["先跑这个。"] and second.sentences == ["一。", "二。"]
+    assert isinstance(third, CallerLimitError) and "too many requests in flight for this session" in str(third)
