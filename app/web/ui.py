@@ -174,6 +174,7 @@ def launch_ui(demo: gr.Blocks, service: TTSService, block: bool = True, operator
     _, local_url, share_url = demo.launch(
         server_name=serve.host, server_port=serve.port, share=serve.share, auth=serve.auth, prevent_thread_lock=True,
         max_threads=max(40, serve.queue_size + 8), show_error=True, quiet=True,
+        ssr_mode=False if operator_page is not None else None,  # SSR puts a Node proxy in front: untested with a mounted page
     )
     _add_health_route(demo, service)
     print(f"Running on {local_url}  (health: {local_url.rstrip('/')}/health)")
