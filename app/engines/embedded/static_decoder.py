@@ -59,7 +59,7 @@ class StaticTacotronDecoder:
                     if compile_step:  # CPU experiment (issue 11, item 6): kept only where it measures faster
                         step = torch.compile(step, dynamic=False)
                     self._buffers[(batch, length)] = bufs
-                    self.graphs.add((batch, length), step)
+                    self.graphs.add((batch, length), step, lambda bufs=bufs: self._reset(bufs, len(bufs.done)))
 
     def _take(self, batch: int, length: int) -> _Buffers:
         m, c, a, dt = self.model, self.model.cfg, self.graphs.arena, self.dtype
@@ -138,10 +138,17 @@ class StaticTacotronDecoder:
         row_lengths[:n] = lengths
         b.pad_mask.copy_(torch.arange(span, device=device)[None] >= row_lengths[:, None])
         b.limits.copy_(torch.tensor(limits + [1] * (batch - n)))
-        for t in (*b.state, b.frame, b.pos, b.stopped, b.length):
+        self._reset(b, n)
+
+    @staticmethod
+    def _reset(b: _Buffers, n: int) -> None:
+        """Back to step 0 with rows n and beyond done (padding): decoder state, previous frame, position, stop flags.
+
+        Buckets share the arena's buffers, so at capture a bucket's warm-ups would otherwise start where the previous
+        bucket's ended (harmless here only because `pos` is compared, never used as an index; Sambert's was)."""
+        for t in (*b.state, b.frame, b.pos, b.stopped, b.length, b.all_done, b.mel):
             t.zero_()
-        b.done.copy_(torch.arange(batch, device=device) >= n)
-        b.all_done.zero_()
+        b.done.copy_(torch.arange(len(b.done), device=b.done.device) >= n)
 
     @property
     def memory_mib(self) -> float:
