@@ -216,4 +216,6 @@ def test_health_is_json():
     assert health["status"] == "ok" and health["engine"] == "fake"
     assert health["batches_run"] >= 1 and health["queue_depth"] == 0
     assert health["settings"]["max_batch_size"] == 8
+    assert health["gpu_self_check"] == {"graphs": health["gpu_self_check"]["graphs"], "fp16": {}}  # no half table
+    assert health["gpu_self_check"]["graphs"]["detail"] == "CUDA graphs are not available for the fake engine"
     svc.close()

@@ -21,7 +21,7 @@ from app.engines.sambert.folder import load_model_folder
 from app.engines.sambert.runtime import SambertVoice, SymbolItem
 from app.service import TTSService
 from app.settings import BatchSettings, ServeSettings
-from tests.fixtures.capture_sim import simulate_capture
+from tests.fixtures.capture_sim import simulate_capture, small_embedded_static
 from tests.fixtures.sambert_writer import make_folder
 from tests.test_engine_embedded import utterances
 from tests.test_sambert_batch import BATCH_TOLERANCE, random_symbols
@@ -86,16 +86,15 @@ def test_embedded_length_guard_holds_on_the_static_path(static_engine):
 
 @pytest.fixture
 def eager_capture(engine, monkeypatch):
-    """Stand in for the GPU (simulated capture: warm-ups run, replay runs the step) with buckets up to batch 2 only:
-    every simulated warm-up is real CPU work, and 28 buckets' worth takes about a minute here."""
-    monkeypatch.setattr(engine, "max_batch_size", 2)
+    """Stand in for the GPU (simulated capture: warm-ups run, replay runs the step), with small buckets only."""
+    small_embedded_static(monkeypatch, engine)
     return simulate_capture(monkeypatch)
 
 
 def test_embedded_graphs_build_under_simulated_capture_and_equal_dynamic(engine, eager_capture, dynamic_alone):
     try:
         assert engine.set_cuda_graphs(True), engine.notes
-        assert eager_capture.captures == 8 and eager_capture.warm_ups == 8 * cuda_graphs.WARMUP_RUNS  # 2 batch x 4 lengths
+        assert eager_capture.captures == 4 and eager_capture.warm_ups == 4 * cuda_graphs.WARMUP_RUNS  # 2 batch x 2 lengths
         replays = engine._static.graphs.replays
         mels, stopped = engine.synthesize_mels(utterances(2))
         assert engine._static.graphs.replays > replays  # decoded by the "captured" chunks, not the dynamic fallback

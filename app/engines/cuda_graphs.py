@@ -87,6 +87,10 @@ class Arena:
                              "(take the largest bucket first)")
         return flat[:numel].view(shape)
 
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """The whole flat buffer `name` (every bucket's view of it starts at its first element)."""
+        return self._flat[name]
+
     @property
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._flat.values())
