@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,11 +43,13 @@ class SambertEngine(EngineBase):
     half_modules = ("decoder", "vocoder")
 
     def __init__(self, model: str, emotions: Mapping[str, tuple[str, ...]] | None = None,
-                 downloader: Downloader | None = None) -> None:
+                 downloader: Downloader | None = None, frontend: Callable | None = None) -> None:
         super().__init__()
         self.model = model  # folder or hub id
         self.emotion_options = dict(emotions or {})  # voice -> emotions it was trained on (--emotions)
         self._downloader = downloader or download_snapshot
+        # tables -> frontend; injectable (e.g. frontend.PrecomputedFrontend on a GPU box without jieba/pypinyin)
+        self._frontend_factory = frontend
         self._voices: dict = {}  # voice name -> SambertVoice
         self._frontends: dict = {}  # voice name -> SambertFrontend (its phone table)
         self._targets: dict[str, tuple[str, str]] = {}  # speaker label -> (voice, speaker symbol)
@@ -89,7 +91,8 @@ class SambertEngine(EngineBase):
             raise EngineUnavailableError(f"{path}: voices use different sample rates {sorted(rates)}")
         self.sample_rate = rates.pop()
         try:
-            self._frontends = {name: SambertFrontend(files.tables) for name, files in folder.voices.items()}
+            make = self._frontend_factory or SambertFrontend
+            self._frontends = {name: make(files.tables) for name, files in folder.voices.items()}
         except ImportError as err:
             raise EngineUnavailableError(f"the sambert frontend needs jieba and pypinyin: {err}") from None
         self._voices = {name: SambertVoice(files, self.device) for name, files in folder.voices.items()}
