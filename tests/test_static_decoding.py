@@ -16,6 +16,7 @@ import torch
 
 from app.engines import cuda_graphs
 from app.engines.base import Utterance
+from app.engines.embedded.dropout import item_keys
 from app.engines.embedded.static_decoder import CHUNK_STEPS
 from app.engines.sambert.folder import load_model_folder
 from app.engines.sambert.runtime import SambertVoice, SymbolItem
@@ -75,11 +76,11 @@ def test_embedded_length_guard_holds_on_the_static_path(static_engine):
     ids = torch.tensor([static_engine.symbol_ids("今天天气很好，我们一起去公园散步吧。")])
     lengths = torch.tensor([ids.shape[1]])
     speakers = torch.tensor([[0.1] * 32])
-    dropout = torch.ones(1, 40, 2, model.cfg.prenet_dim)
+    keys = item_keys([7], "cpu")
     with torch.no_grad():
         memory = model.encode(ids, lengths, speakers)
-        mel, frames, stopped = decoder.decode(memory, model.memory_layer(memory), lengths, dropout, [37])
-        dyn_mel, dyn_frames, dyn_stopped = model._decode_dynamic(memory, model.memory_layer(memory), lengths, dropout, [37], 1)
+        mel, frames, stopped = decoder.decode(memory, model.memory_layer(memory), lengths, keys, [37])
+        dyn_mel, dyn_frames, dyn_stopped = model._decode_dynamic(memory, model.memory_layer(memory), lengths, keys, [37], 1)
     assert frames == dyn_frames == [37] and stopped == dyn_stopped == [False]
     assert torch.allclose(mel, dyn_mel, atol=1e-4)
 

@@ -23,7 +23,7 @@ SECTION_IMPORTS = (
     "app.engines.sambert.engine", "app.engines.sambert.runtime", "app.engines.sambert.folder", "app.engines.sambert.frontend",
     "app.service", "app.settings", "profiling.monitor", "profiling.quality", "profiling.compare", "profiling.loadgen",
     "tests.fixtures.sambert_writer", "tests.conftest", "tests.test_static_decoding", "tests.test_self_check",
-    "tests.test_compare", "tests.test_engine_embedded", "tests.test_sambert_batch", "pynvml",
+    "tests.test_compare", "tests.test_engine_embedded", "tests.test_embedded_dropout", "tests.test_sambert_batch", "pynvml",
 )
 
 

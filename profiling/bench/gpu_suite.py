@@ -66,7 +66,7 @@ SECTIONS = (
             "8 concurrent clients: p50/p95 latency, GPU utilisation; time to first audio streamed vs whole"),
     Section("tests", 60, True, "pytest",
             ("-q", "-p", "no:cacheprovider", "-m", "requires_cuda", "tests/test_static_decoding.py", "tests/test_self_check.py",
-             "tests/test_compare.py", "tests/test_engine_embedded.py", "tests/test_sambert_batch.py"), (),
+             "tests/test_compare.py", "tests/test_engine_embedded.py", "tests/test_embedded_dropout.py", "tests/test_sambert_batch.py"), (),
             "the requires_cuda tests"),
     Section("goals", 10, False, "profiling.bench.gpu_goals", ("--dir", "{out}", "--out", "{out}/goals.csv"), ("goals.csv",),
             "the measured figures against the goals, as a table"),

@@ -10,10 +10,11 @@ import torch
 
 from app.engines import precision
 from app.engines.base import EMOTIONS_RULES, WARMUP_TEXT, EngineBase, Utterance
+from app.engines.embedded.dropout import item_keys
 from app.engines.embedded.frontend import SPOKEN_IDS, Frontend, text_to_ids, warm_phkit
 from app.engines.embedded.melgan import MelGAN
 from app.engines.embedded.static_decoder import StaticTacotronDecoder
-from app.engines.embedded.tacotron import PRENET_DROPOUT, Tacotron, TacotronConfig, max_frames, speaker_vector
+from app.engines.embedded.tacotron import Tacotron, TacotronConfig, max_frames, speaker_vector
 from app.engines.embedded.weights import load_weights
 from app.engines.self_check import Decoded
 from app.prosody import RULE_EMOTIONS
@@ -153,29 +154,21 @@ class EmbeddedEngine(EngineBase):
         """phkit ids for one sentence (145-symbol table, ends with end and pad symbols)."""
         return self._frontend(text)
 
-    def _dropout_stream(self, seed: int, steps: int) -> torch.Tensor:
-        """This item's prenet dropout masks for every step, from its own generator: (steps, 2, prenet_dim)."""
-        gen = torch.Generator().manual_seed(seed)
-        keep = torch.rand(steps, 2, self._acoustic.cfg.prenet_dim, generator=gen) >= PRENET_DROPOUT
-        return keep.float() / (1 - PRENET_DROPOUT)
-
     def synthesize_mels(self, batch: Sequence[Utterance], dynamic: bool = False) -> tuple[list[torch.Tensor], list[bool]]:
         """Run the acoustic model on a batch: one (80, frames) FP32 mel per item, and whether its gate fired.
 
         dynamic: decode with the dynamic loop even when the static decoder is in force (the self-check's reference)."""
         ids = [self.symbol_ids(u.text) for u in batch]
         limits = [max_frames(len(i)) for i in ids]
-        steps = max(limits)
         dtype = self._acoustic.embedding.weight.dtype
         padded = torch.zeros(len(batch), max(map(len, ids)), dtype=torch.long)
-        dropout = torch.zeros(len(batch), steps, 2, self._acoustic.cfg.prenet_dim)
-        for b, (seq, u) in enumerate(zip(ids, batch)):
+        for b, seq in enumerate(ids):
             padded[b, : len(seq)] = torch.tensor(seq)
-            dropout[b, : limits[b]] = self._dropout_stream(u.seed, limits[b])
         speakers = torch.tensor([speaker_vector(u.speaker) for u in batch], dtype=dtype)
-        mel, frames, stopped = self._acoustic.infer(
+        mel, frames, stopped = self._acoustic.infer(  # each item's dropout masks are made on the device from its seed
             padded.to(self.device), torch.tensor(list(map(len, ids)), device=self.device), speakers.to(self.device),
-            dropout.to(self.device, dtype), limits, check_every=CUDA_GATE_CHECK_EVERY if self.fp16_supported else 1,
+            item_keys([u.seed for u in batch], self.device), limits,
+            check_every=CUDA_GATE_CHECK_EVERY if self.fp16_supported else 1,
             static=None if dynamic else self._static,
         )
         for u, ok in zip(batch, stopped):
