@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from profiling.bench import gpu_suite
@@ -108,3 +109,28 @@ def test_every_cuda_section_command_is_accepted_by_its_module(section, monkeypat
 def test_the_budgets_fit_one_device_call_and_the_files_come_back():
     assert sum(s.budget_s for s in gpu_suite.SECTIONS) <= gpu_suite.SUITE_LIMIT_S <= 8 * 60
     assert len({f for s in gpu_suite.SECTIONS for f in s.writes}) + 2 <= gpu_suite.FILES_BACK  # + the log and sections.csv
+
+
+def test_goals_read_the_sections_csvs(tmp_path):
+    from profiling.bench.gpu_goals import goals
+
+    rows = [{"asked": a, "precision": a, "decoder": d, "batch": b, "throughput_audio_s_per_s": t, "status": "ok"}
+            for a, d, b, t in (("fp32", "graphs", 1, 40.0), ("fp16", "graphs", 1, 60.0), ("fp16/bf16", "graphs", 1, 90.0),
+                               ("fp16", "dynamic", 1, 20.0), ("fp32", "graphs", 32, 500.0), ("fp16", "graphs", 32, 600.0))]
+    pd.DataFrame(rows).to_csv(tmp_path / "engine.csv", index=False)
+    pd.DataFrame([{"kind": "load", "precision": "fp16 (vocoder fp32)", "cuda_graphs": True, "clients": 8, "p95_latency_s": 0.2,
+                   "p50_latency_s": 0.1, "mean_gpu_util_pct": 75.0, "status": float("nan")}]).to_csv(tmp_path / "service.csv", index=False)
+    pd.DataFrame([{"check": "start-up (embedded, fp16 + graphs): self-check within a few seconds", "result": "PASS",
+                   "value": 1.5, "capture_s": 2.0, "graphs": 28},
+                  {"check": "self-check embedded fp16: graphs", "result": "PASS"},
+                  {"check": "self-check embedded fp16/fp16: fp16 vocoder", "result": "NOTE"}]).to_csv(tmp_path / "correctness.csv", index=False)
+    table = {g.goal: g for g in goals(tmp_path)}
+    assert table["embedded batch 1 throughput (audio s/s)"].measured == 60.0  # fp16, not fp16/bf16
+    assert table["embedded batch 1 throughput (audio s/s)"].met == "yes"
+    assert table["embedded FP16 / FP32 with graphs, batch 32"].measured == pytest.approx(1.2)
+    assert table["embedded FP16 / FP32 with graphs, batch 32"].met == "NO"
+    assert table["embedded graphs / dynamic, fp16, batch 1"].measured == 3.0
+    assert table["service p95 latency, 8 clients (s)"].met == "NO" and table["service GPU utilisation, 8 clients (%)"].met == "yes"
+    assert table["start-up self-check time, embedded (s)"].met == "yes"
+    assert table["self-check verdicts failed at the shipped settings"].measured == 0  # the NOTE is a table on trial
+    assert table["sambert batch 1 throughput (audio s/s)"].met == "not measured"

@@ -47,7 +47,8 @@ def startup_embedded(check, symbols: str | None, device: str = "cuda") -> None:
               "PASS" if half_s + capture.get("self_check_s", 99) <= 5.0 else "FAIL",
               f"load {load_s:.2f} s (half check {half_s:.2f} s); service start {start_s:.2f} s: {capture.get('graphs')} graphs "
               f"captured in {capture.get('capture_s')} s, replay check {capture.get('self_check_s')} s; in force: "
-              f"{engine.precision}, graphs {engine.cuda_graphs}", seconds=load_s + start_s, value=half_s + capture.get("self_check_s", 0))
+              f"{engine.precision}, graphs {engine.cuda_graphs}", seconds=load_s + start_s, value=half_s + capture.get("self_check_s", 0),
+              graphs=capture.get("graphs"), capture_s=capture.get("capture_s"))
         record_verdicts(check, engine, "embedded fp16", shipped=True)
         for acoustic, vocoder in EMBEDDED_HALF_TABLES:  # the tables a user may choose: each recasts, rechecks, recaptures
             t1 = time.monotonic()
