@@ -337,6 +337,7 @@ class EngineBase:
                 log.exception("FP16 self-check of %s raised", module)
                 verdict = checks.failed(f"{wanted[module]} raised {type(exc).__name__}: {str(exc)[:160]}")
             verdict = self._verdicts[f"fp16 {module}"] = replace(verdict, seconds=time.monotonic() - t1 + reference_s)
+            reference_s = 0.0  # the FP32 reference's time counts once, with the first module checked
             if verdict.failed:
                 self._half_fallback[module] = verdict.detail
         if self._half_fallback:
