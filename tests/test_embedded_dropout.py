@@ -10,7 +10,7 @@ from app.engines.embedded.tacotron import MAX_DECODER_STEPS
 
 
 def lowbias32_reference(x: int) -> int:
-    """lowbias32 (improved constants) with wrapping 32-bit arithmetic (numpy uint32), as its author writes it in C."""
+    """The same permutation with wrapping 32-bit arithmetic (numpy uint32), as it is written in C."""
     with np.errstate(over="ignore"):
         h = np.uint32(x)
         h ^= h >> np.uint32(16)

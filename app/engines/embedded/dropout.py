@@ -6,8 +6,9 @@ them from a torch.Generator per item on the CPU and copying them over cost a qua
 few elementwise kernels per block of steps, with no generator state and no host copy, so it can run inside a captured
 CUDA graph, and the dynamic loop and the static chunk call the same function and get the same masks.
 
-The hash is Wellons' lowbias32 in its improved form (hash-prospector issue 19: multipliers 0x21f0aaad, 0x735a2d97,
-shifts 16/15/15; a bijection of 32-bit values with full avalanche), applied to the counter and again after the item's
+The hash is the 32-bit integer permutation found with Wellons' hash-prospector that improves on his lowbias32
+(xor-shift 16, multiply 0x21f0aaad, xor-shift 15, multiply 0x735a2d97, xor-shift 15: a bijection of 32-bit values with
+near-ideal avalanche), applied to the counter and again after the item's
 key is mixed in, in int64 arithmetic: every value stays in [0, 2^32) and both multipliers are below 2^31, so every
 product stays below 2^63, nothing overflows, and CPU and CUDA give identical bits.
 """
@@ -23,7 +24,7 @@ _SEED_SALT = 0x9E3779B9  # keeps seed 0 away from the hash's fixed point at 0
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 (improved) on int64 values in [0, 2^32): a bijection of that range (logical shifts, as x >= 0)."""
+    """The permutation above on int64 values in [0, 2^32): a bijection of that range (logical shifts, as x >= 0)."""
     x = x ^ (x >> 16)
     x = (x * _M1) & MASK_32
     x ^= x >> 15
@@ -54,4 +55,4 @@ def prenet_masks(keys: torch.Tensor, first_step, offsets: torch.Tensor, p: float
     # the counter hashed before the key joins: with key ^ counter alone, two items whose keys differ by a small d
     # would get the same masks in another order (counter c -> c ^ d)
     bits = hash32(keys[:, None, None, None] ^ hash32(counters)[None])
-    return torch.where(bits >= int(p * 2**32), 1.0 / (1.0 - p), 0.0).to(dtype)
+    return (bits >= int(p * 2**32)).to(dtype) * (1.0 / (1.0 - p))  # a Python scalar operand: fine inside capture
