@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyworld
 
 from app.engines.base import NEUTRAL
 
@@ -105,6 +104,9 @@ def _reshape(x: np.ndarray, fs: int, level_st: float, f0_range: float, boundary_
     # come back as noise; on our voices identity resynthesis scored NISQA 3.68 (Aijia) / 3.98 (biaobei) with Harvest
     # against 3.49 / 3.56 with DIO (the untouched audio: 3.76 / 4.24), for about twice the CPU (0.20 against 0.09 s
     # per audio second here).
+    import pyworld  # here, not at import: the engines and the service import this module for its tables, and a bare
+    # GPU box (profiling/bench/gpu_suite.sh) has no pyworld; only rendering an emotion or a control needs it
+
     f0, times = pyworld.harvest(x, fs, f0_floor=F0_FLOOR_HZ, f0_ceil=F0_CEIL_HZ, frame_period=FRAME_PERIOD_MS)
     fft_size = pyworld.get_cheaptrick_fft_size(fs, F0_FLOOR_HZ)
     sp = pyworld.cheaptrick(x, f0, times, fs, f0_floor=F0_FLOOR_HZ, fft_size=fft_size)

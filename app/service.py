@@ -418,9 +418,11 @@ class TTSService:
 
 
 def engine_fields(engine: EngineBase) -> dict:
-    """The engine's part of health(): name, precision in force, sample rate, how many speakers, which emotions."""
+    """The engine's part of health(): name, precision in force, sample rate, how many speakers, which emotions, the
+    GPU self-check's verdicts and the latest graph capture's count and time."""
     return {"engine": engine.name, "precision": engine.precision, "sample_rate": engine.sample_rate,
-            "speakers": len(engine.speakers), "emotions": list(engine.emotions)}
+            "speakers": len(engine.speakers), "emotions": list(engine.emotions),
+            "gpu_self_check": engine.gpu_self_check, "cuda_graphs_capture": engine.graphs_capture}
 
 
 def memory_figures() -> dict[str, float | None]:

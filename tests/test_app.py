@@ -59,6 +59,9 @@ def test_health_is_json(app_url):
     assert body["status"] == "ok" and body["engine"] == "embedded" and body["model_loaded"]
     # what is in force: no CUDA here, so the dynamic decoding loop, and the note says why
     assert body["cuda_graphs"] is False and body["settings"]["cuda_graphs"] is False and "CUDA graphs need CUDA" in body["note"]
+    checks = body["gpu_self_check"]  # every self-check skipped on CPU, saying why
+    assert checks["graphs"]["status"] == "skipped" and "need CUDA" in checks["graphs"]["detail"]
+    assert [e["status"] for e in checks["fp16"].values()] == ["skipped", "skipped"] and body["cuda_graphs_capture"] is None
 
 
 def wav_seconds(path: str) -> float:

@@ -11,6 +11,7 @@ from app.settings import BatchSettings
 from profiling.compare import COLUMNS, GridPoint, make_grid, run_grid
 from profiling.loadgen import CallRecord, load_workload, percentile, summarize
 from profiling.monitor import Monitor
+from profiling.sentences import sentence_list
 
 
 def test_grid_is_the_cartesian_product_in_order():
@@ -68,7 +69,7 @@ def test_two_setting_grid_on_the_real_engine(engine, tmp_path):
     pd.testing.assert_series_equal(back["throughput_audio_s_per_s"], df["throughput_audio_s_per_s"], check_dtype=False)
 
 
-CUDA_TEXTS = ["你好。", "谢谢。", "今天天气很好。", "我们一起去公园散步吧。"]  # also exported for the GPU box (gpu_prepare.sh)
+CUDA_TEXTS = sentence_list("cuda_texts")  # profiling/sentences_zh.json: also exported for the GPU box (gpu_prepare.sh)
 
 
 @pytest.mark.requires_cuda

@@ -9,17 +9,9 @@ import torch
 from app.engines.embedded import weights as W
 from app.engines.base import Utterance
 from app.errors import EngineUnavailableError
+from profiling.sentences import sentence_list
 
-SENTENCES = [
-    "你好。",
-    "今天天气很好，我们一起去公园散步吧。",
-    "人工智能正在改变我们的生活。",
-    "这是一个比较长的句子，用来检查批处理时不同长度的输入不会互相影响。",
-    "好的",
-    "北京欢迎你",
-    "春眠不觉晓，处处闻啼鸟。",
-    "谢谢大家",
-]
+SENTENCES = sentence_list("engine")  # profiling/sentences_zh.json: the GPU box gets their symbol ids
 SPEAKERS = ["Aijia", "biaobei", "Xiaoxue", "Aina", "Aiyu", "Aijia", "Xiaobei", "Aiwei"]
 
 

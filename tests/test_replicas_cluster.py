@@ -111,6 +111,8 @@ def test_health_and_panel_list_every_replica(cluster):
     assert body["status"] == "ok" and body["replicas_wanted"] == 2
     assert len(body["replicas"]) == 2 and len({r["pid"] for r in body["replicas"]}) == 2
     assert all(r["health"]["model_loaded"] and r["health"]["worker_alive"] for r in body["replicas"])
+    assert body["gpu_self_check"]["graphs"]["status"] == "skipped"  # the replicas' verdicts, merged (CPU: skipped)
+    assert all(r["health"]["gpu_self_check"]["fp16"]["acoustic"]["status"] == "skipped" for r in body["replicas"])
     handlers = Handlers(cluster.client, cluster.monitor)
     assert handlers.status().count("**replica ") == 2
     memory, _, batches, _ = handlers.panel()

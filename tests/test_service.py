@@ -14,15 +14,10 @@ from app.engines.base import Utterance
 from app.errors import QueueFullError, SynthesisError, TTSInputError
 from app.service import TTSService
 from app.settings import BatchSettings, ServeSettings
+from profiling.sentences import sentence_list
 from tests.fixtures.fake_engine import FakeEngine
 
-# 32 different short sentences for the real-engine cross-talk test
-PHRASES = [
-    "春天来了", "花儿开了", "小鸟在唱歌", "我们去上学", "今天下雨了", "请关好窗户", "电脑很好用", "火车开得很快",
-    "妈妈做晚饭", "爸爸在看书", "猫在睡觉", "狗在院子里", "天空很蓝", "大海很宽", "山上有雪", "河水很清",
-    "我喜欢音乐", "他会弹钢琴", "她在画画", "老师很和蔼", "同学们好", "欢迎光临", "谢谢你的帮助", "明天见",
-    "早上好", "晚安", "路上小心", "祝你生日快乐", "新年快乐", "一路顺风", "身体健康", "工作顺利",
-]
+PHRASES = sentence_list("phrases")  # 32 different short sentences for the real-engine cross-talk test
 MIXED_SPEAKERS = ["Aijia", "biaobei", "Xiaoxue", "Aina"]
 
 
@@ -216,4 +211,6 @@ def test_health_is_json():
     assert health["status"] == "ok" and health["engine"] == "fake"
     assert health["batches_run"] >= 1 and health["queue_depth"] == 0
     assert health["settings"]["max_batch_size"] == 8
+    assert health["gpu_self_check"] == {"graphs": health["gpu_self_check"]["graphs"], "fp16": {}}  # no half table
+    assert health["gpu_self_check"]["graphs"]["detail"] == "CUDA graphs are not available for the fake engine"
     svc.close()

@@ -2,8 +2,8 @@
 
 On CPU the static path runs the very chunk code a graph captures, eagerly. Where a test needs the engine to believe it
 can capture (to exercise set_cuda_graphs, the service switch and the fallback), it stands in for the GPU at that one
-boundary: `capture_possible` says yes and `capture` either runs the step eagerly or raises like an out-of-memory
-capture would. CUDA tests at the end capture for real.
+boundary: tests/fixtures/capture_sim.py runs every warm-up eagerly in build order, as CUDA does, and replays by running
+the step; or `capture` raises like an out-of-memory capture would. CUDA tests at the end capture for real.
 """
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ import torch
 
 from app.engines import cuda_graphs
 from app.engines.base import Utterance
+from app.engines.embedded.dropout import item_keys
 from app.engines.embedded.static_decoder import CHUNK_STEPS
 from app.engines.sambert.folder import load_model_folder
 from app.engines.sambert.runtime import SambertVoice, SymbolItem
 from app.service import TTSService
 from app.settings import BatchSettings, ServeSettings
+from tests.fixtures.capture_sim import simulate_capture, small_embedded_static
 from tests.fixtures.sambert_writer import make_folder
 from tests.test_engine_embedded import utterances
 from tests.test_sambert_batch import BATCH_TOLERANCE, random_symbols
@@ -74,27 +76,38 @@ def test_embedded_length_guard_holds_on_the_static_path(static_engine):
     ids = torch.tensor([static_engine.symbol_ids("今天天气很好，我们一起去公园散步吧。")])
     lengths = torch.tensor([ids.shape[1]])
     speakers = torch.tensor([[0.1] * 32])
-    dropout = torch.ones(1, 40, 2, model.cfg.prenet_dim)
+    keys = item_keys([7], "cpu")
     with torch.no_grad():
         memory = model.encode(ids, lengths, speakers)
-        mel, frames, stopped = decoder.decode(memory, model.memory_layer(memory), lengths, dropout, [37])
-        dyn_mel, dyn_frames, dyn_stopped = model._decode_dynamic(memory, model.memory_layer(memory), lengths, dropout, [37], 1)
+        mel, frames, stopped = decoder.decode(memory, model.memory_layer(memory), lengths, keys, [37])
+        dyn_mel, dyn_frames, dyn_stopped = model._decode_dynamic(memory, model.memory_layer(memory), lengths, keys, [37], 1)
     assert frames == dyn_frames == [37] and stopped == dyn_stopped == [False]
     assert torch.allclose(mel, dyn_mel, atol=1e-4)
 
 
 @pytest.fixture
-def eager_capture(monkeypatch):
-    """Stand in for the GPU: capture is possible, and a 'captured' step replays by running eagerly."""
-    monkeypatch.setattr(cuda_graphs, "capture_possible", lambda device: True)
-    monkeypatch.setattr(cuda_graphs, "capture", lambda step, pool: (step, None))
+def eager_capture(engine, monkeypatch):
+    """Stand in for the GPU (simulated capture: warm-ups run, replay runs the step), with small buckets only."""
+    small_embedded_static(monkeypatch, engine)
+    return simulate_capture(monkeypatch)
 
 
-def test_capture_failure_falls_back_to_the_dynamic_loop_with_a_note(engine, monkeypatch):
+def test_embedded_graphs_build_under_simulated_capture_and_equal_dynamic(engine, eager_capture, dynamic_alone):
+    try:
+        assert engine.set_cuda_graphs(True), engine.notes
+        assert eager_capture.captures == 4 and eager_capture.warm_ups == 4 * cuda_graphs.WARMUP_RUNS  # 2 batch x 2 lengths
+        replays = engine._static.graphs.replays
+        mels, stopped = engine.synthesize_mels(utterances(2))
+        assert engine._static.graphs.replays > replays  # decoded by the "captured" chunks, not the dynamic fallback
+    finally:
+        engine.set_cuda_graphs(False)
+    assert_same_decoding(dynamic_alone[:2], mels, stopped)
+
+
+def test_capture_failure_falls_back_to_the_dynamic_loop_with_a_note(engine, eager_capture, monkeypatch):
     def out_of_memory(step, pool):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated at capture)")
 
-    monkeypatch.setattr(cuda_graphs, "capture_possible", lambda device: True)
     monkeypatch.setattr(cuda_graphs, "capture", out_of_memory)
     svc = TTSService(engine, BatchSettings(max_batch_size=4, cuda_graphs=True)).start(warmup=False)
     try:
@@ -180,6 +193,26 @@ def test_sambert_static_equals_dynamic_one_at_a_time(voice, sambert_items, n):
         np.testing.assert_array_equal(a.durations, b.durations)
         np.testing.assert_allclose(b.mel, a.mel, atol=BATCH_TOLERANCE, rtol=0)
         np.testing.assert_allclose(b.waveform, a.waveform, atol=BATCH_TOLERANCE, rtol=0)
+
+
+def test_sambert_graphs_build_under_simulated_capture_and_equal_dynamic(voice, sambert_items, monkeypatch):
+    # gpu-review point 1: the shared step index ran on across buckets' warm-ups (id=96 in a 64-step bucket) until
+    # each bucket was reset before its warm-ups and before capture
+    sim = simulate_capture(monkeypatch)
+    items = sambert_items[:2]
+    alone = [voice.synthesize([item])[0] for item in items]
+    voice.max_batch = 2
+    try:
+        voice.set_static_decoding(True)
+        assert voice.static.graphs.captured and sim.warm_ups == 8 * cuda_graphs.WARMUP_RUNS  # 2 batch x 4 step buckets
+        together = voice.synthesize(items)
+        assert voice.static.graphs.replays > 0
+    finally:
+        voice.set_static_decoding(False)
+        voice.max_batch = 32
+    for a, b in zip(alone, together):
+        assert a.mel.shape == b.mel.shape
+        np.testing.assert_allclose(b.mel, a.mel, atol=BATCH_TOLERANCE, rtol=0)
 
 
 def test_sambert_long_batch_beyond_the_step_buckets_runs_dynamic(voice):

@@ -20,6 +20,7 @@ from ray.serve.exceptions import BackPressureError, RayServeException
 from app.batcher import BatchRecord
 from app.cluster.config import ClusterSettings
 from app.cluster.engine_view import EngineInfo, ReplicaEngine
+from app.engines import self_check
 from app.engines.base import NEUTRAL
 from app.errors import QueueFullError, SynthesisError, TTSInputError
 from app.service import Piece, Result, check_text, engine_fields, memory_figures
@@ -256,6 +257,7 @@ class ReplicaClient:
             "settings_version": self.settings_version,
             "cuda_graphs": bool(healths) and all(h["cuda_graphs"] for h in healths),  # in force on every replica
             "cuda_graphs_detail": "; ".join(sorted({h["cuda_graphs_detail"] for h in healths if h["cuda_graphs_detail"]})) or None,
+            "gpu_self_check": self_check.merge(h.get("gpu_self_check") for h in healths),  # a failure on any replica shows
             "worker_alive": bool(healths) and all(h["worker_alive"] for h in healths),
             "note": "; ".join(self.engine.notes) or None,
             **totals,

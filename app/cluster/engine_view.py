@@ -34,6 +34,8 @@ class EngineInfo:
     fp16: bool  # FP16 in force now
     notes: tuple[str, ...]  # the engine's visible remarks
     loaded: bool
+    gpu_self_check: dict  # EngineBase.gpu_self_check: the self-check's verdicts on the replica's device
+    graphs_capture: dict | None  # EngineBase.graphs_capture: the latest capture's graph count and seconds
 
     @classmethod
     def of(cls, engine: EngineBase) -> "EngineInfo":
@@ -47,7 +49,8 @@ class EngineInfo:
             fp32_label=engine.fp32_label, emotion_kind=engine.emotion_kind, controls_in_model=engine.controls_in_model,
             cuda_graphs_capable=engine.cuda_graphs_capable, cuda_graphs_supported=engine.cuda_graphs_supported,
             cuda_graphs=engine.cuda_graphs, cuda_graphs_detail=engine.cuda_graphs_detail, device=engine.device, fp16=engine.fp16,
-            notes=engine.notes, loaded=engine.loaded,
+            notes=engine.notes, loaded=engine.loaded, gpu_self_check=engine.gpu_self_check,
+            graphs_capture=engine.graphs_capture,
         )
 
 
@@ -88,6 +91,8 @@ class ReplicaEngine(EngineBase):
     cuda_graphs_supported = property(lambda self: self.info.cuda_graphs_supported)  # type: ignore[assignment]
     cuda_graphs = property(lambda self: self.info.cuda_graphs)  # type: ignore[assignment]
     cuda_graphs_detail = property(lambda self: self.info.cuda_graphs_detail)  # type: ignore[assignment]
+    gpu_self_check = property(lambda self: self.info.gpu_self_check)  # type: ignore[assignment]
+    graphs_capture = property(lambda self: self.info.graphs_capture)  # type: ignore[assignment]
 
     @property
     def loaded(self) -> bool:

@@ -2,19 +2,28 @@
 
 An engine is loaded once and then turns a batch of utterances into one float32 waveform each. `EngineBase`
 implements what is the same for every engine (device choice, precision and its FP16 fallback, the emotion rule,
-unload); an engine class fills in its model through the `_load_model`, `_cast`, `_release` hooks and `synthesize`.
+unload, the GPU self-check); an engine class fills in its model through the `_load_model`, `_cast`, `_release` hooks
+and `synthesize`, and for the self-check `_check_decode` and `_check_vocode`.
+
+The GPU self-check (app/engines/self_check.py holds its comparisons and tolerances): right after graphs are captured
+(start-up, a toggle, a precision change, a recapture) the self-check items are decoded by the captured replay and by
+the dynamic loop; right after FP16 is put in force, each module of the half table is run against FP32 on them. A check
+that fails turns graphs off, or puts that module back to FP32, with a note. It never runs on a request's path.
 """
 from __future__ import annotations
 
 import gc
 import logging
 import sys
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Sequence
 
 import numpy as np
 
+from app.engines import self_check as checks
+from app.engines.self_check import Decoded, Verdict
 from app.errors import TTSInputError
 
 log = logging.getLogger(__name__)
@@ -76,6 +85,9 @@ class EngineBase:
     # others (and, for EMOTIONS_RULES engines, the emotion) on the waveform after the batch (app.prosody).
     controls_in_model: ClassVar[frozenset[str]] = frozenset()
     cuda_graphs_capable: ClassVar[bool] = False  # whether the engine has a static decoder CUDA graphs can capture
+    # The modules of the engine's half-precision table (self.half_precision), the mel-making one first and the vocoder
+    # last: the self-check judges the first by its mels and frame counts, the last by its waveforms.
+    half_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.sample_rate: int = 16000  # Hz of every waveform synthesize() returns
@@ -87,6 +99,10 @@ class EngineBase:
         self._fp16 = False
         self._cuda_graphs = False
         self._notes: dict[str, str] = {}  # topic -> a visible remark (why FP16 is off, what a voice lacks)
+        self.half_precision: dict[str, str] = {}  # module -> what FP16-on runs it in (fp16, bf16, fp32), as asked
+        self._half_fallback: dict[str, str] = {}  # module -> why the self-check runs it in FP32 despite the table
+        self._verdicts: dict[str, Verdict] = {}  # "graphs", "fp16 MODULE" -> the latest self-check verdict
+        self._capture: dict | None = None  # the latest capture: graph count, seconds (None: none in force)
 
     # --- what callers read -------------------------------------------------------------------------
     @property
@@ -127,6 +143,37 @@ class EngineBase:
     def cuda_graphs_detail(self) -> str:
         """What the graphs hold, e.g. "42 CUDA graphs captured, 180 MiB" ("" when off)."""
         return self._graphs_description() if self._cuda_graphs else ""
+
+    def half_table(self, fp16: bool) -> dict[str, str]:
+        """What runs per module: with fp16 the half table less the modules the self-check put back to FP32; else FP32."""
+        return {m: "fp32" if not fp16 or m in self._half_fallback else p for m, p in self.half_precision.items()}
+
+    @property
+    def gpu_self_check(self) -> dict:
+        """The self-check's verdicts as /health shows them: {"graphs": entry, "fp16": {module: entry}}; each entry has
+        status (passed, failed, skipped), difference, tolerance, detail (what differed, or why skipped) and seconds."""
+        graphs = self._verdicts.get("graphs") or checks.skipped(self._graphs_unchecked_why())
+        fp16 = {m: (self._verdicts.get(f"fp16 {m}") or checks.skipped(self._half_unchecked_why())).as_dict()
+                for m in self.half_modules}
+        return {"graphs": graphs.as_dict(), "fp16": fp16}
+
+    @property
+    def graphs_capture(self) -> dict | None:
+        """The latest capture: {"graphs": count, "capture_s": warm-up and capture time, "self_check_s": the replay
+        check's time}; None when no graphs were captured since they were last turned off."""
+        return self._capture
+
+    def _graphs_unchecked_why(self) -> str:
+        if not self.cuda_graphs_capable:
+            return f"CUDA graphs are not available for the {self.name} engine"
+        if not self.cuda_graphs_supported:
+            return f"CUDA graphs need CUDA; the dynamic loop decodes on {self._device}"
+        return "CUDA graphs are off" if self.loaded else "no model loaded"
+
+    def _half_unchecked_why(self) -> str:
+        if not self.fp16_supported:
+            return f"FP16 needs CUDA; fp32 on {self._device}"
+        return "FP16 is off: fp32 in force" if self.loaded else "no model loaded"
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -180,8 +227,13 @@ class EngineBase:
         graphs = self._cuda_graphs
         if graphs:  # the graphs hold the old dtype's buffers: drop them first (less peak memory), capture again after
             self._release_graphs()
-        if self.loaded:
-            self._cast(fp16)
+        self._half_fallback = {}
+        self._verdicts = {k: v for k, v in self._verdicts.items() if not k.startswith("fp16 ")}
+        self.note("fp16_self_check", None)
+        if self.loaded and fp16:
+            self._check_half()  # casts: FP32 for the reference, then the half table, then any failing module back
+        elif self.loaded:
+            self._cast(False)
         self._fp16 = fp16
         if graphs:
             self.set_cuda_graphs(True)
@@ -201,7 +253,10 @@ class EngineBase:
             self.note("cuda_graphs", None)
         self._release_graphs()
         self._cuda_graphs = False
+        self._verdicts.pop("graphs", None)
+        self._capture = None
         if on and self.loaded:
+            t0 = time.monotonic()
             try:
                 self._capture_graphs()
             except Exception as exc:  # capture must never take the app down: fall back, say so
@@ -210,9 +265,86 @@ class EngineBase:
                 why = f"CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:160]}); decoding with the dynamic loop"
                 log.warning(why)
                 self.note("cuda_graphs", why)
+                self._verdicts["graphs"] = checks.failed(f"capture raised {type(exc).__name__}: {str(exc)[:160]}")
+                return False
+            sets = self._graph_sets()
+            self._capture = {"graphs": sum(len(g) for g in sets), "capture_s": round(time.monotonic() - t0, 3)}
+            self._cuda_graphs = True
+            verdict = self._verdicts["graphs"] = self._check_graphs()
+            self._capture["self_check_s"] = round(verdict.seconds, 3)
+            if verdict.failed:  # wrong audio is worse than slow audio: the dynamic loop decodes from now on
+                self._release_graphs()
+                self._cuda_graphs = False
+                _free_cuda_cache()
+                why = f"CUDA graphs failed their self-check ({verdict.detail}); decoding with the dynamic loop"
+                log.warning(why)
+                self.note("cuda_graphs", why)
                 return False
         self._cuda_graphs = on and self.loaded
         return self._cuda_graphs
+
+    # --- the GPU self-check ------------------------------------------------------------------------
+    def _mel_precision(self) -> str:
+        """The precision the mel-making module runs in now (its graphs tolerance is chosen by it)."""
+        table = self.half_table(self._fp16)
+        return table.get(self.half_modules[0], "fp32") if self.half_modules else "fp32"
+
+    def _check_graphs(self) -> Verdict:
+        """The captured replay against the dynamic loop on the self-check items (same seeds, same precision)."""
+        t0 = time.monotonic()
+        try:
+            replay = self._check_decode(dynamic=False)
+            dynamic = self._check_decode(dynamic=True)
+            verdict = checks.compare_replay(replay, dynamic, self._mel_precision())
+        except Exception as exc:  # a replay that raises is a failed check, never a dead worker
+            log.exception("CUDA graphs self-check raised")
+            verdict = checks.failed(f"the check raised {type(exc).__name__}: {str(exc)[:160]}")
+        return replace(verdict, seconds=time.monotonic() - t0)
+
+    def _check_half(self) -> None:
+        """FP16 on: each module the half table runs in half precision against FP32 on the self-check items, with the
+        dynamic loop. A module whose output is non-finite or too far off (self_check's tolerances) runs FP32, with a
+        note; the others keep the table's precision."""
+        if not self.half_modules:  # nothing to judge per module: FP16 as the engine casts it
+            self._cast(True)
+            return
+        wanted = self.half_table(True)
+        mel_module = self.half_modules[0]
+        t0 = time.monotonic()
+        self._cast(False)
+        try:
+            reference = self._check_decode(dynamic=True)
+            reference_waves = self._check_vocode([d.mel for d in reference])
+        except Exception as exc:
+            log.exception("FP16 self-check: the FP32 reference raised")
+            reference, why = None, f"the fp32 reference raised {type(exc).__name__}: {str(exc)[:160]}"
+        reference_s = time.monotonic() - t0
+        self._cast(True)
+        for module in self.half_modules:
+            if wanted[module] == "fp32":
+                self._verdicts[f"fp16 {module}"] = checks.skipped(f"the half table runs {module} in fp32")
+                continue
+            t1 = time.monotonic()
+            try:
+                if reference is None:
+                    verdict = checks.failed(why)
+                elif module == mel_module:
+                    verdict = checks.compare_half_mels(wanted[module], self._check_decode(dynamic=True), reference)
+                else:
+                    verdict = checks.compare_half_waves(wanted[module], self._check_vocode([d.mel for d in reference]),
+                                                        reference_waves)
+            except Exception as exc:
+                log.exception("FP16 self-check of %s raised", module)
+                verdict = checks.failed(f"{wanted[module]} raised {type(exc).__name__}: {str(exc)[:160]}")
+            verdict = self._verdicts[f"fp16 {module}"] = replace(verdict, seconds=time.monotonic() - t1 + reference_s)
+            reference_s = 0.0  # the FP32 reference's time counts once, with the first module checked
+            if verdict.failed:
+                self._half_fallback[module] = verdict.detail
+        if self._half_fallback:
+            self._cast(True)  # the failing modules back to FP32
+            why = "; ".join(f"{m} runs fp32: {wanted[m]} failed its self-check ({d})" for m, d in self._half_fallback.items())
+            log.warning("FP16 self-check: %s", why)
+            self.note("fp16_self_check", f"FP16 self-check: {why}")
 
     def unload(self) -> None:
         """Free the model and its device memory."""
@@ -250,6 +382,20 @@ class EngineBase:
     def _graphs_description(self) -> str:
         """One line on the captured graphs: how many, how much memory."""
         return ""
+
+    def _graph_sets(self) -> list:
+        """The cuda_graphs.GraphSets in force (one per static decoder), for the capture's count."""
+        return []
+
+    def _check_decode(self, dynamic: bool) -> list[Decoded]:
+        """The self-check items (the warm-up sentence in a few voices, fixed seeds) through the acoustic model at the
+        precision in force: by the captured replay (dynamic=False; raise if the static decoder did not take them) or
+        by the dynamic loop. One Decoded per item, mel (frames, bands) in FP32."""
+        raise NotImplementedError
+
+    def _check_vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
+        """The vocoder at the precision in force on (frames, bands) FP32 mels: one waveform per mel."""
+        raise NotImplementedError
 
 
 def _free_cuda_cache() -> None:

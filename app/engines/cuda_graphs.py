@@ -13,6 +13,7 @@ temporaries: all graphs can share one pool and replay in any order, one at a tim
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import torch
@@ -40,10 +41,10 @@ def capture_possible(device: str) -> bool:
     return device.startswith("cuda") and torch.cuda.is_available()
 
 
-def capture(step: Step, pool) -> tuple[Step, object]:
-    """Warm `step` up on a side stream, capture one run of it; return the graph's replay and its memory pool.
+def warm_up(step: Step) -> None:
+    """Run `step` WARMUP_RUNS times on a side stream (CUDA): lazy cuBLAS/cuDNN set-up must not happen in capture.
 
-    pool: None for the first graph (it gets a private pool), then the pool returned before, so all graphs share one.
+    These runs execute for real and change the step's buffers: GraphSet.add resets the bucket before and after them.
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -51,6 +52,13 @@ def capture(step: Step, pool) -> tuple[Step, object]:
         for _ in range(WARMUP_RUNS):
             step()
     torch.cuda.current_stream().wait_stream(side)
+
+
+def capture(step: Step, pool) -> tuple[Step, object]:
+    """Record one run of `step` as a CUDA graph (recording executes nothing); return its replay and memory pool.
+
+    pool: None for the first graph (it gets a private pool), then the pool returned before, so all graphs share one.
+    """
     graph = torch.cuda.CUDAGraph()
     # thread_local: only the capturing thread (the batch worker) is restricted; the monitor thread may keep sampling.
     with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
@@ -79,6 +87,10 @@ class Arena:
                              "(take the largest bucket first)")
         return flat[:numel].view(shape)
 
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """The whole flat buffer `name` (every bucket's view of it starts at its first element)."""
+        return self._flat[name]
+
     @property
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._flat.values())
@@ -97,16 +109,29 @@ class GraphSet:
         # too): what the arena and the graphs' private pool hold, and nothing else can use, since this set began.
         self._base_bytes = _held_bytes() if self.captured else 0
         self._graph_bytes = 0
+        self.capture_s = 0.0  # wall time spent warming up and capturing, all buckets (0 without capture)
+        self.replays = 0  # runs of any bucket since the set was built (the self-check reads it to know replay ran)
 
-    def add(self, key: tuple, step: Step) -> None:
-        """Register the step of one bucket; on CUDA capture it now (raises whatever capture raises, e.g. OOM)."""
+    def add(self, key: tuple, step: Step, reset: Step) -> None:
+        """Register the step of one bucket; on CUDA warm it up and capture it now (raises what capture raises, e.g. OOM).
+
+        reset: puts the bucket's state (step index, caches, previous frame, flags) back to its start. Buckets share the
+        arena, and the warm-ups really run, so without it one bucket's warm-ups would start where the last one's ended
+        (Sambert's step index then indexed past its buffer). It runs before the warm-ups and again before capture.
+        """
         if not self.captured:
             self._runners[key] = step
             return
+        t0 = time.monotonic()
+        reset()
+        warm_up(step)
+        reset()
         self._runners[key], self._pool = capture(step, self._pool)
         self._graph_bytes = _held_bytes() - self._base_bytes
+        self.capture_s += time.monotonic() - t0
 
     def run(self, key: tuple) -> None:
+        self.replays += 1
         self._runners[key]()
 
     def __contains__(self, key: tuple) -> bool:
@@ -121,7 +146,8 @@ class GraphSet:
         return max(self.arena.bytes, self._graph_bytes) / 2**20
 
     def describe(self) -> str:
-        what = f"{len(self)} CUDA graphs captured" if self.captured else f"{len(self)} static shapes (no capture)"
+        what = (f"{len(self)} CUDA graphs captured in {self.capture_s:.1f} s" if self.captured
+                else f"{len(self)} static shapes (no capture)")
         return f"{what}, {self.memory_mib:.0f} MiB"
 
 

@@ -25,6 +25,25 @@ def check_table(table: Mapping[str, str], modules: tuple[str, ...]) -> dict[str,
     return dict(table)
 
 
+def cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast a module's floating-point weights in place, losslessly across toggles.
+
+    The first cast below FP32 keeps an FP32 copy of the module's state on the host (tens of MiB); a cast back to FP32
+    restores it, so FP16 on and off again (or the self-check's trial and fallback) never leaves FP32 weights rounded.
+    """
+    master = getattr(module, "_fp32_master", None)
+    if dtype == torch.float32:
+        module.to(dtype)
+        if master is not None:
+            with torch.no_grad():
+                for name, tensor in module.state_dict(keep_vars=True).items():
+                    tensor.copy_(master[name])
+        return
+    if master is None and all(p.dtype == torch.float32 for p in module.parameters()):
+        module._fp32_master = {name: t.detach().to("cpu", copy=True) for name, t in module.state_dict().items()}
+    module.to(dtype)
+
+
 def label(table: Mapping[str, str], always_fp32: str = "") -> str:
     """E.g. {"acoustic": "fp16", "vocoder": "fp32"} -> "fp16 (vocoder fp32)": the first module's precision, then the
     modules that differ from it, then what always stays FP32."""

@@ -12,6 +12,7 @@ import pandas as pd
 
 from app.audio import SENTENCE_PAUSE_S, float_to_int16, silence
 from app.engines.base import EMOTION_KIND_INFO, EMOTIONS_NONE, EngineBase
+from app.engines.self_check import failures
 from app.errors import QueueFullError, SynthesisError, TTSInputError
 from app.service import TTSService
 from app.web.roles import Access, caller_key, operator_only
@@ -114,6 +115,9 @@ class Handlers:
             f"CUDA graphs {'on (' + h['cuda_graphs_detail'] + ')' if h['cuda_graphs'] else 'off'} · "
             f"queue {h['queue_depth']}/{h['queue_capacity']} · {h['batches_run']} batches, {h['items_failed']} failed"
         )
+        failed = failures(h.get("gpu_self_check") or {})
+        if failed:  # what the self-check turned off, in the line itself: the user hears the fallback, not garbage
+            line += f" · **GPU self-check failed:** {', '.join(failed)} (turned off; the notes say what differed)"
         replicas = [r["summary"] for r in h.get("replicas", ())]  # Ray Serve front: one line per replica
         notes = [n for n in (*self.service.engine.notes, self.monitor.note) if n]
         return line + "".join(f"  \n{r}" for r in replicas) + "".join(f"  \n_{n}_" for n in notes)

@@ -46,10 +46,26 @@ def set_decoder(engine, decoder: str) -> tuple[bool, float, str]:
     engine.set_static_decoding(False)
     if decoder == "graphs":
         ok = engine.set_cuda_graphs(True)
-        return ok, time.monotonic() - t0, engine.cuda_graphs_detail if ok else "; ".join(engine.notes)
+        if ok:
+            return True, time.monotonic() - t0, engine.cuda_graphs_detail
+        verdict = engine.gpu_self_check["graphs"]
+        if verdict["status"] == "failed" and not verdict["detail"].startswith("capture raised"):
+            # The app would decode with the dynamic loop now. The table still measures the captured graphs, unchecked,
+            # so their speed and their quality columns (against the FP32 dynamic reference) show what was rejected.
+            engine.set_static_decoding(True)
+            return True, time.monotonic() - t0, f"UNCHECKED graphs: the self-check failed ({verdict['detail']})"
+        return False, time.monotonic() - t0, "; ".join(engine.notes)
     if decoder in ("static", "compiled"):
         engine.set_static_decoding(True, compile_step=decoder == "compiled")
     return True, time.monotonic() - t0, decoder
+
+
+def self_check_summary(engine) -> str:
+    """The engine's self-check verdicts in one cell, e.g. "graphs passed (3.1e-03); acoustic passed; vocoder skipped"."""
+    report = engine.gpu_self_check
+    parts = [("graphs", report["graphs"])] + list(report["fp16"].items())
+    return "; ".join(f"{name} {e['status']}" + (f" ({e['difference']:.1e})" if e["difference"] is not None else "")
+                     for name, e in parts)
 
 
 def set_precision(engine, spec: str) -> str:
@@ -138,30 +154,38 @@ def main(argv: list[str] | None = None) -> int:
     monitor = Monitor(interval_s=0.1).start() if engine.device.startswith("cuda") else None
     reference = None if args.no_quality else engine.synthesize(utts)  # FP32, dynamic loop
     rows = []
+
+    def record(row: dict) -> None:  # each row reaches the CSV at once: a run cut off keeps what it measured
+        rows.append(row)
+        if args.out:
+            pd.DataFrame(rows).to_csv(args.out, index=False)
+
     try:
         for spec in args.precision.split(","):
             try:
                 precision = set_precision(engine, spec)
             except Exception as exc:  # one GPU run measures everything: a precision that fails is a row, not a crash
-                rows.append({"precision": spec, "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
+                record({"precision": spec, "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
                 continue
             if spec != "fp32" and not engine.fp16:
-                rows.append({"precision": spec, "status": f"skipped: {spec} needs CUDA ({engine.device})"})
+                record({"precision": spec, "status": f"skipped: {spec} needs CUDA ({engine.device})"})
                 continue
             for decoder in decoders:
                 ok, setup_s, detail = set_decoder(engine, decoder)
                 if not ok:
-                    rows.append({"precision": precision, "decoder": decoder, "status": f"skipped: {detail}"})
+                    record({"asked": spec, "precision": precision, "decoder": decoder, "status": f"skipped: {detail}",
+                            "self_check": self_check_summary(engine)})
                     continue
                 for size in [int(b) for b in args.batch.split(",")]:
                     try:
-                        row = {"precision": precision, "decoder": decoder, **run_cell(engine, utts, size, monitor, reference)}
+                        row = {"asked": spec, "precision": precision, "decoder": decoder,
+                               **run_cell(engine, utts, size, monitor, reference)}
                     except Exception as exc:
-                        rows.append({"precision": precision, "decoder": decoder, "batch": size,
-                                     "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
+                        record({"asked": spec, "precision": precision, "decoder": decoder, "batch": size,
+                                "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
                         continue
-                    row.update(setup_s=round(setup_s, 2), detail=detail, status="ok")
-                    rows.append(row)
+                    row.update(setup_s=round(setup_s, 2), detail=detail, self_check=self_check_summary(engine), status="ok")
+                    record(row)
                     print(f"{precision} {decoder} batch {size}: {row['throughput_audio_s_per_s']:.1f} audio s/s", file=sys.stderr, flush=True)
     finally:
         if monitor is not None:
@@ -169,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     if "batch" in df:
         ok_rows = df[df["status"] == "ok"]
-        base = ok_rows[ok_rows["batch"] == 1].groupby(["precision", "decoder"])["throughput_audio_s_per_s"].first()
-        df["speedup_vs_b1"] = [r.throughput_audio_s_per_s / base.get((r.precision, r.decoder), float("nan"))
+        base = ok_rows[ok_rows["batch"] == 1].groupby(["asked", "decoder"])["throughput_audio_s_per_s"].first()
+        df["speedup_vs_b1"] = [r.throughput_audio_s_per_s / base.get((r.asked, r.decoder), float("nan"))
                                if r.status == "ok" else float("nan") for r in df.itertuples()]
-    shown = [c for c in ["precision", "decoder", "batch", "throughput_audio_s_per_s", "rtf", "rtf_b1_median", "speedup_vs_b1",
+    shown = [c for c in ["asked", "precision", "decoder", "batch", "throughput_audio_s_per_s", "rtf", "rtf_b1_median", "speedup_vs_b1",
                          "peak_cuda_allocated_mib", "peak_vram_used_mib", "mean_gpu_util_pct", "mcd_db", "frames_changed_share",
                          "nonfinite_items", "setup_s", "status"] if c in df]
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3f}".format):

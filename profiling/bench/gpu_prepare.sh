@@ -1,24 +1,18 @@
 #!/usr/bin/env bash
-# Prepare .gpu/ here, in this project's environment, for profiling/bench/gpu_suite.sh on a bare GPU box (torch, numpy,
-# pandas, pyyaml, pytest and nvidia-ml-py, but no phkit or gradio). Then carry `.gpu` with the run.
-#   .gpu/cache/embedded/   the converted embedded weights (46 MiB)
-#   .gpu/symbols.json      phkit ids for every sentence the suite and the requires_cuda tests speak
-#   .gpu/texts8.txt        the first 8 workload texts (service benchmark)
+# Prepare .gpu/ (or $GPU_DIR) here, in the app's own environment (`bash scripts/setup.sh`: phkit, jieba, pypinyin; no
+# pytest needed), for profiling/bench/gpu_suite.sh on a bare GPU box. Then carry `.gpu` with the device call.
+#   cache/embedded/        the converted embedded weights (44 MiB)
+#   symbols.json           phkit ids of every sentence the suite and the requires_cuda tests speak
+#   sambert_symbols.json   the Sambert frontend's symbols for the warm-up sentence (the Sambert self-check)
+#   texts8.txt             the first 8 workload texts (the service benchmark)
+# It checks that the working tree and the folder together stay within what a call carries (48 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
+GPU_DIR=${GPU_DIR:-.gpu}
 CACHE=${TTS_CACHE_DIR:-$HOME/.cache/zh-tts-demo}
-mkdir -p .gpu/cache
-"$PY" -c "from app.engines.embedded.weights import load_weights; load_weights()"  # converts once if needed
-cp -r "$CACHE/embedded" .gpu/cache/
-PYTHONPATH=. "$PY" - <<'PYEOF'
-from profiling.bench.engine import export_symbols
-from profiling.loadgen import load_workload
-from tests.test_compare import CUDA_TEXTS
-from tests.test_engine_embedded import SENTENCES
-from tests.test_service import PHRASES
-
-export_symbols(".gpu/symbols.json", load_workload() + SENTENCES + PHRASES + CUDA_TEXTS)
-PYEOF
-grep -v '^#' profiling/workload_zh.txt | grep -v '^\s*$' | head -8 > .gpu/texts8.txt
-du -sh .gpu
+mkdir -p "$GPU_DIR/cache"
+TTS_CACHE_DIR="$CACHE" "$PY" -c "from app.engines.embedded.weights import load_weights; load_weights()"  # converts once
+rm -rf "$GPU_DIR/cache/embedded"
+cp -r "$CACHE/embedded" "$GPU_DIR/cache/"
+PYTHONPATH=. "$PY" -m profiling.bench.gpu_files export "$GPU_DIR"

@@ -77,8 +77,9 @@ def set_decoder(voice: SambertVoice, decoder: str) -> tuple[bool, float, str]:
     return True, 0.0, "dynamic"
 
 
-def run(options: BenchOptions) -> pd.DataFrame:
-    """All settings on one resident voice; one flat row per (precision, decoder, batch)."""
+def run(options: BenchOptions, out: str | None = None) -> pd.DataFrame:
+    """All settings on one resident voice; one flat row per (precision, decoder, batch), each written to `out` (CSV)
+    as soon as it is measured, so a run cut off keeps what it measured."""
     from profiling.monitor import Monitor
     from profiling.quality import quality_summary
 
@@ -95,6 +96,12 @@ def run(options: BenchOptions) -> pd.DataFrame:
     reference = [r.waveform for r in voice.synthesize(items)]  # FP32, dynamic loop
     monitor = Monitor(interval_s=0.1).start() if cuda else None
     rows = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        if out:
+            pd.DataFrame(rows).to_csv(out, index=False)
+
     try:
         for precision in options.precisions:
             decoder_dtype, _, vocoder_dtype = precision.partition("/")
@@ -102,17 +109,18 @@ def run(options: BenchOptions) -> pd.DataFrame:
             for decoder in options.decoders:
                 ok, setup_s, detail = set_decoder(voice, decoder)
                 if not ok:
-                    rows.append({"precision": precision, "decoder": decoder, "status": f"skipped: {detail}"})
+                    record({"precision": precision, "decoder": decoder, "status": f"skipped: {detail}"})
                     continue
                 for batch in options.batches:
                     try:
-                        rows.append({"precision": precision, "decoder": decoder, **_time_cell(voice, items[:batch], options, monitor),
-                                     "setup_s": round(setup_s, 2), "detail": detail, "status": "ok"})
+                        row = {"precision": precision, "decoder": decoder, **_time_cell(voice, items[:batch], options, monitor),
+                               "setup_s": round(setup_s, 2), "detail": detail, "status": "ok"}
                     except Exception as exc:  # one GPU run measures everything: a failing cell is a row, not a crash
-                        rows.append({"precision": precision, "decoder": decoder, "batch": batch,
-                                     "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
+                        record({"precision": precision, "decoder": decoder, "batch": batch,
+                                "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
                         continue
-                    rows[-1].update(quality_summary(reference[:batch], rows[-1].pop("waveforms"), voice.sample_rate_hz))
+                    row.update(quality_summary(reference[:batch], row.pop("waveforms"), voice.sample_rate_hz))
+                    record(row)
                     print(f"{precision} {decoder} batch {batch}: {rows[-1]['throughput (audio s / s)']} audio s/s", flush=True)
     finally:
         if monitor is not None:
@@ -189,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchOptions, str | None]
 
 def main(argv: list[str] | None = None) -> None:
     options, out = parse_args(argv)
-    table = run(options)
+    table = run(options, out)
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(table.to_string(index=False))
     if out:

@@ -47,14 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     monitor = Monitor(interval_s=0.1).start()
     texts = load_workload(args.texts)
     rows, ttfa = [], []
+
+    def save() -> None:  # after every row: a run cut off keeps what it measured (the paragraph rows: kind first_audio)
+        if args.out:
+            pd.concat([pd.DataFrame(rows).assign(kind="load"), pd.DataFrame(ttfa).assign(kind="first_audio")]).to_csv(
+                args.out, index=False)
+
     try:
         for precision in args.precision.split(","):
             if precision == "fp16" and not engine.fp16_supported:
                 rows.append({"precision": "fp16", "status": f"skipped: FP16 needs CUDA ({engine.device})"})
+                save()
                 continue
             for graphs in [g.strip() == "on" for g in args.cuda_graphs.split(",")]:
                 if graphs and not engine.cuda_graphs_supported:
                     rows.append({"precision": precision, "cuda_graphs": True, "status": f"skipped: CUDA graphs need CUDA ({engine.device})"})
+                    save()
                     continue
                 for size in [int(b) for b in args.batch.split(",")]:
                     applied = service.apply_settings(fp16=precision == "fp16", max_batch_size=size, cuda_graphs=graphs)
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                         row["mean_batch_formed"] = sum(formed) / len(formed) if formed else float("nan")
                         row["mean_gpu_util_pct"] = monitor.summary(t0, time.time())["mean_gpu_util_pct"]
                         rows.append(row)
+                        save()
                         print(f"{engine.precision} graphs {applied.cuda_graphs} batch {size} clients {clients}: "
                               f"p95 {row['p95_latency_s']:.3f} s", file=sys.stderr, flush=True)
             if args.no_paragraph:
@@ -84,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 ttfa.append({"precision": engine.precision, "cuda_graphs": service.settings.cuda_graphs,
                              "max_batch": service.settings.max_batch_size, "mode": mode,
                              "first_audio_s": first, "total_s": total})
+                save()
     finally:
         monitor.close()
         service.close()
@@ -96,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\nTime to first audio, long paragraph (4 sentences), idle service:")
             print(tf.to_string(index=False))
     print(f"\nembedded engine on {engine.device}; {len(texts)} texts x {args.repeats} per cell, closed-loop clients, max wait {args.max_wait_ms} ms")
-    if args.out:
-        df.to_csv(args.out, index=False)
+    save()
     return 0
 
 

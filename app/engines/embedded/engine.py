@@ -9,12 +9,14 @@ import numpy as np
 import torch
 
 from app.engines import precision
-from app.engines.base import EMOTIONS_RULES, EngineBase, Utterance
+from app.engines.base import EMOTIONS_RULES, WARMUP_TEXT, EngineBase, Utterance
+from app.engines.embedded.dropout import item_keys
 from app.engines.embedded.frontend import SPOKEN_IDS, Frontend, text_to_ids, warm_phkit
 from app.engines.embedded.melgan import MelGAN
 from app.engines.embedded.static_decoder import StaticTacotronDecoder
-from app.engines.embedded.tacotron import PRENET_DROPOUT, Tacotron, TacotronConfig, max_frames, speaker_vector
+from app.engines.embedded.tacotron import Tacotron, TacotronConfig, max_frames, speaker_vector
 from app.engines.embedded.weights import load_weights
+from app.engines.self_check import Decoded
 from app.prosody import RULE_EMOTIONS
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ CUDA_GATE_CHECK_EVERY = 8  # decoder steps between stop checks on CUDA (each che
 # What "FP16 on" runs per module. MelGAN overflows in FP16 (activations ~6e3), so the vocoder stays FP32 until the
 # GPU suite's precision table shows BF16 (same range as FP32) fast and right there; flip it here when it does.
 HALF_PRECISION = {"acoustic": "fp16", "vocoder": "fp32"}
+# The GPU self-check decodes the warm-up sentence in these voices, seeds 0-3, as one batch: four items fill batch
+# bucket 4 exactly, so replay and dynamic loop start from the same shapes.
+SELF_CHECK_SPEAKERS = ("biaobei", "Aijia", "Xiaoxue", "Aina")
 
 
 class EmbeddedEngine(EngineBase):
@@ -45,6 +50,7 @@ class EmbeddedEngine(EngineBase):
     max_batch_size = 64
     cuda_graphs_capable = True
     emotion_kind = EMOTIONS_RULES
+    half_modules = ("acoustic", "vocoder")
 
     def __init__(self, cache_dir: str | None = None, frontend: Frontend | None = None) -> None:
         super().__init__()
@@ -59,6 +65,8 @@ class EmbeddedEngine(EngineBase):
         self._vocoder: MelGAN | None = None
         self._static: StaticTacotronDecoder | None = None  # the static-shape decoder, when in use
         self.half_precision = dict(HALF_PRECISION)
+        # what the GPU self-check decodes: the warm-up sentence in SELF_CHECK_SPEAKERS, seeds 0-3, as one batch
+        self.self_check_utterances = [Utterance(WARMUP_TEXT, s, seed=i) for i, s in enumerate(SELF_CHECK_SPEAKERS)]
         self._lock = threading.Lock()  # one batch at a time; the batcher's single worker never contends
 
     @property
@@ -84,7 +92,7 @@ class EmbeddedEngine(EngineBase):
 
     @property
     def fp16_label(self) -> str:
-        return precision.label(self.half_precision)
+        return precision.label(self.half_table(True))
 
     def set_half_precision(self, acoustic: str, vocoder: str) -> str:
         """Choose what FP16-on runs per module (fp16, bf16 or fp32; the GPU suite measures each); recasts if in force."""
@@ -93,9 +101,9 @@ class EmbeddedEngine(EngineBase):
 
     def _cast(self, fp16: bool) -> None:
         with self._lock:
-            table = self.half_precision if fp16 else {"acoustic": "fp32", "vocoder": "fp32"}
-            self._acoustic.to(precision.DTYPES[table["acoustic"]])
-            self._vocoder.to(precision.DTYPES[table["vocoder"]])
+            table = self.half_table(fp16)
+            precision.cast(self._acoustic, precision.DTYPES[table["acoustic"]])
+            precision.cast(self._vocoder, precision.DTYPES[table["vocoder"]])
 
     def _release(self) -> None:
         self._acoustic = self._vocoder = None
@@ -121,6 +129,24 @@ class EmbeddedEngine(EngineBase):
     def _graphs_description(self) -> str:
         return self._static.describe() if self._static is not None else ""
 
+    def _graph_sets(self) -> list:
+        return [self._static.graphs] if self._static is not None else []
+
+    def _check_decode(self, dynamic: bool) -> list[Decoded]:
+        with self._lock, torch.inference_mode():
+            replays = self._static.graphs.replays if self._static is not None else 0
+            mels, stopped = self.synthesize_mels(self.self_check_utterances, dynamic=dynamic)
+            if not dynamic and (self._static is None or self._static.graphs.replays == replays):
+                raise RuntimeError("the static decoder did not take the self-check batch (no bucket or another dtype)")
+        return [Decoded(m.T.cpu().numpy(), s) for m, s in zip(mels, stopped)]
+
+    def _check_vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
+        with self._lock, torch.inference_mode():
+            dtype = self._vocoder.pre.weight.dtype
+            rows = CUDA_VOCODER_ROWS if self.device.startswith("cuda") else 1
+            tensors = [torch.from_numpy(m.T.copy()).to(self.device, dtype) for m in mels]
+            return [a.float().cpu().numpy() for a in self._vocoder.vocode_many(tensors, max_rows=rows)]
+
     def speakable(self, text: str) -> bool:
         return any(i in SPOKEN_IDS for i in self._frontend(text))
 
@@ -128,28 +154,22 @@ class EmbeddedEngine(EngineBase):
         """phkit ids for one sentence (145-symbol table, ends with end and pad symbols)."""
         return self._frontend(text)
 
-    def _dropout_stream(self, seed: int, steps: int) -> torch.Tensor:
-        """This item's prenet dropout masks for every step, from its own generator: (steps, 2, prenet_dim)."""
-        gen = torch.Generator().manual_seed(seed)
-        keep = torch.rand(steps, 2, self._acoustic.cfg.prenet_dim, generator=gen) >= PRENET_DROPOUT
-        return keep.float() / (1 - PRENET_DROPOUT)
+    def synthesize_mels(self, batch: Sequence[Utterance], dynamic: bool = False) -> tuple[list[torch.Tensor], list[bool]]:
+        """Run the acoustic model on a batch: one (80, frames) FP32 mel per item, and whether its gate fired.
 
-    def synthesize_mels(self, batch: Sequence[Utterance]) -> tuple[list[torch.Tensor], list[bool]]:
-        """Run the acoustic model on a batch: one (80, frames) FP32 mel per item, and whether its gate fired."""
+        dynamic: decode with the dynamic loop even when the static decoder is in force (the self-check's reference)."""
         ids = [self.symbol_ids(u.text) for u in batch]
         limits = [max_frames(len(i)) for i in ids]
-        steps = max(limits)
         dtype = self._acoustic.embedding.weight.dtype
         padded = torch.zeros(len(batch), max(map(len, ids)), dtype=torch.long)
-        dropout = torch.zeros(len(batch), steps, 2, self._acoustic.cfg.prenet_dim)
-        for b, (seq, u) in enumerate(zip(ids, batch)):
+        for b, seq in enumerate(ids):
             padded[b, : len(seq)] = torch.tensor(seq)
-            dropout[b, : limits[b]] = self._dropout_stream(u.seed, limits[b])
         speakers = torch.tensor([speaker_vector(u.speaker) for u in batch], dtype=dtype)
-        mel, frames, stopped = self._acoustic.infer(
+        mel, frames, stopped = self._acoustic.infer(  # each item's dropout masks are made on the device from its seed
             padded.to(self.device), torch.tensor(list(map(len, ids)), device=self.device), speakers.to(self.device),
-            dropout.to(self.device, dtype), limits, check_every=CUDA_GATE_CHECK_EVERY if self.fp16_supported else 1,
-            static=self._static,
+            item_keys([u.seed for u in batch], self.device), limits,
+            check_every=CUDA_GATE_CHECK_EVERY if self.fp16_supported else 1,
+            static=None if dynamic else self._static,
         )
         for u, ok in zip(batch, stopped):
             if not ok:

@@ -3,8 +3,9 @@
 The batch is padded to a batch bucket and the encoder memory to a length bucket (padding masked). Decoding runs in
 chunks of CHUNK_STEPS steps; each chunk is one captured graph on CUDA (the same code runs eagerly elsewhere).
 Finished items stay in the batch: their stop gate, frame count and done flag are kept on the device and frozen once
-set, and the host reads a single all-done flag once per chunk instead of every step. An item's output therefore
-depends only on its own inputs, dropout stream, gate and limit, exactly as in the dynamic loop.
+set, and the host reads a single all-done flag once per chunk instead of every step. The prenet dropout masks are
+made inside the chunk from each item's key (app/engines/embedded/dropout.py), by the same function the dynamic loop
+calls. An item's output therefore depends only on its own inputs, dropout key, gate and limit, exactly as there.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from app.engines import cuda_graphs
-from app.engines.embedded.tacotron import GATE_THRESHOLD, N_MELS, Tacotron
+from app.engines.embedded.dropout import prenet_masks, unit_offsets
+from app.engines.embedded.tacotron import GATE_THRESHOLD, N_MELS, PRENET_DROPOUT, Tacotron
 
 CHUNK_STEPS = 16  # decoder steps per captured chunk: the host reads the stop flags once per chunk (one sync)
 MEMORY_BUCKETS = (64, 128, 256, 512)  # encoder lengths (symbols) are padded up to these; longer batches run dynamic
@@ -28,7 +30,8 @@ class _Buffers:
     processed: torch.Tensor  # (B, T, attention_dim) memory_layer(memory)
     pad_mask: torch.Tensor  # (B, T) bool, True past each item's end (padding rows: all but position 0)
     limits: torch.Tensor  # (B,) long: most frames per item (padding rows: 1)
-    drop: torch.Tensor  # (B, K, 2, prenet_dim) this chunk's dropout, copied in before every replay
+    keys: torch.Tensor  # (B,) int64 each item's dropout key (padding rows: 0)
+    offsets: torch.Tensor  # (K, 2, prenet_dim) int64 mask counters of a chunk's steps (dropout.unit_offsets)
     state: tuple[torch.Tensor, ...]  # ah, ac, dh, dc (B, rnn), aw, awc (B, T), ctx (B, memory_dim)
     frame: torch.Tensor  # (B, 80) previous frame
     pos: torch.Tensor  # (1,) long: the step the chunk starts at
@@ -59,7 +62,7 @@ class StaticTacotronDecoder:
                     if compile_step:  # CPU experiment (issue 11, item 6): kept only where it measures faster
                         step = torch.compile(step, dynamic=False)
                     self._buffers[(batch, length)] = bufs
-                    self.graphs.add((batch, length), step)
+                    self.graphs.add((batch, length), step, lambda bufs=bufs: self._reset(bufs, len(bufs.done)))
 
     def _take(self, batch: int, length: int) -> _Buffers:
         m, c, a, dt = self.model, self.model.cfg, self.graphs.arena, self.dtype
@@ -68,7 +71,7 @@ class StaticTacotronDecoder:
         return _Buffers(
             memory=take("memory", (batch, length, m.memory_dim)), processed=take("processed", (batch, length, c.attention_dim)),
             pad_mask=take("pad_mask", (batch, length), torch.bool), limits=take("limits", (batch,), torch.long),
-            drop=take("drop", (batch, self.chunk_steps, 2, c.prenet_dim)),
+            keys=take("keys", (batch,), torch.long), offsets=take("offsets", (self.chunk_steps, 2, c.prenet_dim), torch.long),
             state=tuple(take(f"state{i}", (batch, w)) for i, w in enumerate(rnn)),
             frame=take("frame", (batch, N_MELS)), pos=take("pos", (1,), torch.long),
             done=take("done", (batch,), torch.bool), stopped=take("stopped", (batch,), torch.bool),
@@ -80,11 +83,13 @@ class StaticTacotronDecoder:
         """The captured work: chunk_steps decoder steps on b's buffers, updated in place. No host sync, no Python
         branch on tensor values: stop bookkeeping is elementwise on the device."""
         model, k_steps = self.model, self.chunk_steps
+        b.offsets.copy_(unit_offsets(k_steps, model.cfg.prenet_dim, b.offsets.device))  # outside capture: fixed
 
         def step() -> None:
             state, frame = b.state, b.frame
+            drop = prenet_masks(b.keys, b.pos, b.offsets, PRENET_DROPOUT, self.dtype)  # this chunk's, on the device
             for k in range(k_steps):
-                out, state = model.decoder_step(frame, b.drop[:, k], state, b.memory, b.processed, b.pad_mask)
+                out, state = model.decoder_step(frame, drop[:, k], state, b.memory, b.processed, b.pad_mask)
                 frame = out[:, :N_MELS]
                 b.mel[:, k].copy_(frame)
                 t = b.pos + k
@@ -103,21 +108,18 @@ class StaticTacotronDecoder:
 
         return step
 
-    def decode(self, memory: torch.Tensor, processed: torch.Tensor, lengths: torch.Tensor, dropout: torch.Tensor,
+    def decode(self, memory: torch.Tensor, processed: torch.Tensor, lengths: torch.Tensor, keys: torch.Tensor,
                limits: list[int]) -> tuple[torch.Tensor, list[int], list[bool]] | None:
         """Like Tacotron._decode_dynamic: decoder mel (n, 80, max_len), frame counts, gate flags; None if no bucket fits."""
         key = cuda_graphs.pick_bucket(len(memory), memory.shape[1], self.batch_buckets, MEMORY_BUCKETS)
         if key is None or memory.dtype != self.dtype:
             return None
         b, batch, n, device = self._buffers[key], key[0], len(memory), memory.device
-        self._load(b, memory, processed, lengths, limits)
+        self._load(b, memory, processed, lengths, keys, limits)
         k = self.chunk_steps
         chunks = math.ceil(max(limits) / k)
-        drop = torch.zeros(batch, chunks * k, *dropout.shape[2:], device=device, dtype=self.dtype)
-        drop[:n, : dropout.shape[1]] = dropout
         mel = torch.empty(batch, chunks * k, N_MELS, device=device, dtype=self.dtype)
         for c in range(chunks):
-            b.drop.copy_(drop[:, c * k : (c + 1) * k])
             self.graphs.run(key)
             mel[:, c * k : (c + 1) * k].copy_(b.mel)
             if bool(b.all_done):  # the one host read per chunk
@@ -126,7 +128,7 @@ class StaticTacotronDecoder:
         stopped = b.stopped[:n].tolist()
         return mel[:n, : max(frame_lengths)].transpose(1, 2), frame_lengths, stopped
 
-    def _load(self, b: _Buffers, memory, processed, lengths, limits: list[int]) -> None:
+    def _load(self, b: _Buffers, memory, processed, lengths, keys, limits: list[int]) -> None:
         """Copy one batch into the bucket's buffers and reset the state: padding rows and positions are masked."""
         n, length = memory.shape[:2]
         batch, span = b.memory.shape[:2]
@@ -138,10 +140,19 @@ class StaticTacotronDecoder:
         row_lengths[:n] = lengths
         b.pad_mask.copy_(torch.arange(span, device=device)[None] >= row_lengths[:, None])
         b.limits.copy_(torch.tensor(limits + [1] * (batch - n)))
-        for t in (*b.state, b.frame, b.pos, b.stopped, b.length):
+        b.keys.zero_()
+        b.keys[:n].copy_(keys)
+        self._reset(b, n)
+
+    @staticmethod
+    def _reset(b: _Buffers, n: int) -> None:
+        """Back to step 0 with rows n and beyond done (padding): decoder state, previous frame, position, stop flags.
+
+        Buckets share the arena's buffers, so at capture a bucket's warm-ups would otherwise start where the previous
+        bucket's ended (harmless here only because `pos` is compared, never used as an index; Sambert's was)."""
+        for t in (*b.state, b.frame, b.pos, b.stopped, b.length, b.all_done, b.mel):
             t.zero_()
-        b.done.copy_(torch.arange(batch, device=device) >= n)
-        b.all_done.zero_()
+        b.done.copy_(torch.arange(len(b.done), device=b.done.device) >= n)
 
     @property
     def memory_mib(self) -> float:

@@ -1,8 +1,9 @@
 """Tacotron2-style acoustic model (text ids + speaker vector -> 80-band log-mel), with masked batched decoding.
 
 Our own modules for the weights ttskit ships. Batching is exact by construction: every item sees zeros beyond
-its own end in each convolution, its own attention key mask, its own packed LSTM, its own dropout stream and
-its own stop gate, so an item's mel does not depend on which batch it ran in.
+its own end in each convolution, its own attention key mask, its own packed LSTM, its own dropout masks (a hash of
+its seed, step and unit: app/engines/embedded/dropout.py) and its own stop gate, so an item's mel does not depend on
+which batch it ran in.
 """
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from app.engines.embedded.dropout import prenet_masks, unit_offsets
+
 N_MELS = 80  # mel bands per frame
 PRENET_DROPOUT = 0.5  # ttskit keeps prenet dropout on at inference: that is how the model was trained to sound
 GATE_THRESHOLD = 0.5  # an item stops at the first frame whose stop probability exceeds this
 FRAMES_PER_SYMBOL_LIMIT = 8  # decoder guard: at most this many frames per input symbol (+ FRAMES_LIMIT_SLACK)
 FRAMES_LIMIT_SLACK = 40
 MAX_DECODER_STEPS = 2000  # absolute cap, about 23 s of audio at 22050 Hz / hop 256
+MASK_BLOCK_STEPS = 16  # the dynamic loop makes dropout masks for this many steps at a time (a few kernels per block)
 
 
 def speaker_vector(name: str) -> list[float]:
@@ -184,27 +188,27 @@ class Tacotron(nn.Module):
 
     @torch.no_grad()
     def infer(
-        self, ids: torch.Tensor, lengths: torch.Tensor, speakers: torch.Tensor, dropout: torch.Tensor,
+        self, ids: torch.Tensor, lengths: torch.Tensor, speakers: torch.Tensor, keys: torch.Tensor,
         limits: list[int], check_every: int = 1, static=None,
     ) -> tuple[torch.Tensor, list[int], list[bool]]:
         """Decode a padded batch until each item's own gate fires (or its limit).
 
-        ids (B, T) long, lengths (B,) long, speakers (B, 32), dropout (B, S, 2, prenet_dim) holding 0 or 1/(1-p)
-        per item and step (each item's own stream), limits: max frames per item.
+        ids (B, T) long, lengths (B,) long, speakers (B, 32), keys (B,) int64 on the device: each item's dropout key
+        (dropout.item_keys of its seed; its masks are made from it step by step), limits: max frames per item.
         static: a StaticTacotronDecoder (fixed shapes, CUDA graphs); None, or a batch it has no bucket for, decodes with
         the dynamic loop. Returns mel after postnet (B, 80, max_len), frame counts, and whether each item stopped on
         its gate.
         """
         memory = self.encode(ids, lengths, speakers)
         processed = self.memory_layer(memory)
-        decoded = static.decode(memory, processed, lengths, dropout, limits) if static is not None else None
+        decoded = static.decode(memory, processed, lengths, keys, limits) if static is not None else None
         if decoded is None:
-            decoded = self._decode_dynamic(memory, processed, lengths, dropout, limits, check_every)
+            decoded = self._decode_dynamic(memory, processed, lengths, keys, limits, check_every)
         mel, frame_lengths, stopped = decoded
         return self.postnet_residual(mel, torch.tensor(frame_lengths, device=ids.device)), frame_lengths, stopped
 
     def _decode_dynamic(
-        self, memory: torch.Tensor, processed: torch.Tensor, lengths: torch.Tensor, dropout: torch.Tensor,
+        self, memory: torch.Tensor, processed: torch.Tensor, lengths: torch.Tensor, keys: torch.Tensor,
         limits: list[int], check_every: int,
     ) -> tuple[torch.Tensor, list[int], list[bool]]:
         """The dynamic loop: finished items leave the batch at the next check (every check_every steps), so no
@@ -221,8 +225,11 @@ class Tacotron(nn.Module):
         active = list(range(batch))
         frame_lengths, stopped = [0] * batch, [False] * batch
         last_check = 0
+        offsets = unit_offsets(MASK_BLOCK_STEPS, self.cfg.prenet_dim, device)
         for step in range(steps):
-            out, state = self.decoder_step(frame, dropout[:, step], state, memory, processed, pad_mask)
+            if step % MASK_BLOCK_STEPS == 0:  # the same masks the static chunk makes: a function of key, step, unit
+                masks = prenet_masks(keys, step, offsets, PRENET_DROPOUT, dtype)
+            out, state = self.decoder_step(frame, masks[:, step % MASK_BLOCK_STEPS], state, memory, processed, pad_mask)
             frame = out[:, :N_MELS]
             mel[rows, step] = frame
             gates[rows, step] = out[:, N_MELS].float()
@@ -245,7 +252,7 @@ class Tacotron(nn.Module):
             if len(keep) < len(active):
                 idx = torch.tensor(keep, device=device)
                 active = [active[a] for a in keep]
-                rows, frame, dropout = rows[idx], frame[idx], dropout[idx]
+                rows, frame, keys, masks = rows[idx], frame[idx], keys[idx], masks[idx]
                 span = int(lengths[rows].max())  # trim padding no remaining item needs
                 memory, processed, pad_mask = memory[idx, :span], processed[idx, :span], pad_mask[idx, :span]
                 ah, ac, dh, dc, aw, awc, ctx = (t[idx] for t in state)

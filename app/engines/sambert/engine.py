@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import threading
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from app.engines import precision
-from app.engines.base import EMOTIONS_TRAINED, NEUTRAL, EngineBase, Utterance
+from app.engines.base import EMOTIONS_TRAINED, NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
 from app.engines.sambert.folder import ModelFolderError, read_catalog
 from app.engines.sambert.hub import Downloader, download_snapshot, looks_like_hub_id, resolve_model_folder
 from app.errors import EngineUnavailableError
@@ -17,6 +17,9 @@ MAX_BATCH_SIZE = 32  # items one acoustic/vocoder pass takes (the decoder loop c
 # The GPU suite measures fp16 and bf16 for each; flip a module here when its table says so.
 HALF_PRECISION = {"decoder": "fp16", "vocoder": "fp16"}
 ALWAYS_FP32 = "text encoder and durations"
+# The GPU self-check decodes the warm-up sentence per voice: in up to four of its speakers, or (one speaker) at these
+# duration scales, so four items of different lengths fill batch bucket 4.
+SELF_CHECK_SCALES = (1.0, 1.3, 0.8, 1.6)
 
 
 def speaker_label(voice: str, speaker: str, speakers: Sequence[str]) -> str:
@@ -37,13 +40,16 @@ class SambertEngine(EngineBase):
     emotion_kind = EMOTIONS_TRAINED
     controls_in_model = frozenset({"speed", "pitch", "volume"})
     cuda_graphs_capable = True
+    half_modules = ("decoder", "vocoder")
 
     def __init__(self, model: str, emotions: Mapping[str, tuple[str, ...]] | None = None,
-                 downloader: Downloader | None = None) -> None:
+                 downloader: Downloader | None = None, frontend: Callable | None = None) -> None:
         super().__init__()
         self.model = model  # folder or hub id
         self.emotion_options = dict(emotions or {})  # voice -> emotions it was trained on (--emotions)
         self._downloader = downloader or download_snapshot
+        # tables -> frontend; injectable (e.g. frontend.PrecomputedFrontend on a GPU box without jieba/pypinyin)
+        self._frontend_factory = frontend
         self._voices: dict = {}  # voice name -> SambertVoice
         self._frontends: dict = {}  # voice name -> SambertFrontend (its phone table)
         self._targets: dict[str, tuple[str, str]] = {}  # speaker label -> (voice, speaker symbol)
@@ -85,7 +91,8 @@ class SambertEngine(EngineBase):
             raise EngineUnavailableError(f"{path}: voices use different sample rates {sorted(rates)}")
         self.sample_rate = rates.pop()
         try:
-            self._frontends = {name: SambertFrontend(files.tables) for name, files in folder.voices.items()}
+            make = self._frontend_factory or SambertFrontend
+            self._frontends = {name: make(files.tables) for name, files in folder.voices.items()}
         except ImportError as err:
             raise EngineUnavailableError(f"the sambert frontend needs jieba and pypinyin: {err}") from None
         self._voices = {name: SambertVoice(files, self.device) for name, files in folder.voices.items()}
@@ -95,7 +102,7 @@ class SambertEngine(EngineBase):
 
     @property
     def fp16_label(self) -> str:
-        return precision.label(self.half_precision, always_fp32=ALWAYS_FP32)
+        return precision.label(self.half_table(True), always_fp32=ALWAYS_FP32)
 
     def set_half_precision(self, decoder: str, vocoder: str) -> str:
         """Choose what FP16-on runs per module (fp16, bf16 or fp32; the GPU suite measures each); recasts if in force."""
@@ -104,7 +111,7 @@ class SambertEngine(EngineBase):
 
     def _cast(self, fp16: bool) -> None:
         """Decoder, postnet and vocoder as the table says; the text encoder and durations stay FP32."""
-        table = self.half_precision if fp16 else {"decoder": "fp32", "vocoder": "fp32"}
+        table = self.half_table(fp16)
         with self._lock:
             for voice in self._voices.values():
                 voice.set_dtypes(table["decoder"], table["vocoder"])
@@ -131,6 +138,38 @@ class SambertEngine(EngineBase):
         if not decoders:
             return ""
         return f"{len(decoders)} voice(s): " + "; ".join(d.describe() for d in decoders)
+
+    def _graph_sets(self) -> list:
+        return [v.static.graphs for v in self._voices.values() if v.static is not None]
+
+    def self_check_items(self) -> dict[str, list]:
+        """Per voice, the GPU self-check's items: the warm-up sentence in up to four speakers, or at four speeds."""
+        from app.engines.sambert.runtime import SymbolItem
+
+        plan: dict[str, list] = {}
+        for label, (voice_name, _) in self._targets.items():
+            plan.setdefault(voice_name, []).append(label)
+        out = {}
+        for voice_name, labels in plan.items():
+            symbols = [self.symbols(Utterance(WARMUP_TEXT, label)) for label in labels[:4]]
+            out[voice_name] = ([SymbolItem(s) for s in symbols] if len(symbols) > 1
+                               else [SymbolItem(symbols[0], scale) for scale in SELF_CHECK_SCALES])
+        return out
+
+    def _check_decode(self, dynamic: bool) -> list:
+        from app.engines.self_check import Decoded
+
+        with self._lock:
+            return [Decoded(mel, True) for name, items in self.self_check_items().items()
+                    for mel in self._voices[name].decode_mels(items, dynamic=dynamic)]
+
+    def _check_vocode(self, mels: list) -> list:
+        out, start = [], 0
+        with self._lock:
+            for name, items in self.self_check_items().items():
+                out += self._voices[name].vocode_mels(mels[start : start + len(items)])
+                start += len(items)
+        return out
 
     def emotions_for(self, speaker: str) -> tuple[str, ...]:
         """The emotions this speaker's voice offers (engine.emotions is the union over voices)."""

@@ -130,3 +130,34 @@ class SambertFrontend:
                 out.append(f"{{{phone}$tone{tone}${syl}${word}{tail}")
             out.append(f"{{{mark}$tone_none$s_none$word_none{tail}")
         return " ".join(out)
+
+
+class PrecomputedFrontend:
+    """SambertFrontend's output read from a JSON file of {sentence: symbols} (written by `export_symbols` where jieba
+    and pypinyin are installed), for a machine without them (the GPU suite's box). Symbols are stored with the default
+    emotion and speaker and re-tagged per call; a sentence not in the file raises KeyError naming it."""
+
+    DEFAULT_TAIL = "$emotion_neutral$F7}"
+
+    def __init__(self, path: str, tables: SymbolTables | None = None) -> None:
+        import json
+
+        self.path = path
+        with open(path, encoding="utf8") as f:
+            self._table = json.load(f)
+
+    def symbols(self, text: str, emotion: str = "emotion_neutral", speaker: str = "F7") -> str:
+        if text not in self._table:
+            raise KeyError(f"{text!r} is not in {self.path}; export it on a machine with jieba and pypinyin")
+        return self._table[text].replace(self.DEFAULT_TAIL, f"${emotion}${speaker}}}")
+
+
+def export_symbols(path: str, sentences) -> int:
+    """Write {sentence: symbols} (default phone set, emotion and speaker) for PrecomputedFrontend; return how many."""
+    import json
+
+    frontend = SambertFrontend()
+    table = {s: frontend.symbols(s) for s in sorted(set(sentences))}
+    with open(path, "w", encoding="utf8") as f:
+        json.dump(table, f, ensure_ascii=False)
+    return len(table)

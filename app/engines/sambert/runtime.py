@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from app.engines.precision import DTYPES
+from app.engines.precision import DTYPES, cast
 from app.engines.sambert.acoustic import AcousticInput, SambertAcoustic
 from app.engines.sambert.controls import apply_gain, pitch_affine
 from app.engines.sambert.folder import ModelFolderError, VoiceFiles
@@ -81,9 +81,9 @@ class SambertVoice:
         """Decoder + postnet and vocoder precisions ("fp32", "fp16", "bf16"); the encoder and durations stay FP32, so
         frame counts cannot move. A static decoder in use is rebuilt for the new dtype."""
         self.decoder_dtype, self.vocoder_dtype = DTYPES[decoder], DTYPES[vocoder]
-        self.acoustic.mel_decoder.to(self.decoder_dtype)
-        self.acoustic.mel_postnet.to(self.decoder_dtype)
-        self.vocoder.to(self.vocoder_dtype)
+        cast(self.acoustic.mel_decoder, self.decoder_dtype)
+        cast(self.acoustic.mel_postnet, self.decoder_dtype)
+        cast(self.vocoder, self.vocoder_dtype)
         if self.static is not None:
             self.set_static_decoding(True)
 
@@ -122,6 +122,28 @@ class SambertVoice:
         if self.device.type == "cuda":
             return list(self.vocoder(mel.transpose(1, 2)).float().cpu().numpy())
         return [self.vocoder(mel[i : i + 1, : int(n)].transpose(1, 2))[0].float().numpy() for i, n in enumerate(counts)]
+
+    @torch.inference_mode()
+    def decode_mels(self, items: Sequence[SymbolItem], dynamic: bool = False) -> list[np.ndarray]:
+        """The acoustic model alone (the GPU self-check): one (frames, mels) FP32 postnet mel per item, by the static
+        decoder in force (a RuntimeError if it did not take the batch) or, with dynamic, by the dynamic loop."""
+        static = None if dynamic else self.static
+        replays = static.graphs.replays if static is not None else 0
+        out = self.acoustic.infer(self.encode(items), decoder_dtype=self.decoder_dtype, static=static)
+        if not dynamic and (static is None or static.graphs.replays == replays):
+            raise RuntimeError(f"voice {self.name!r}: the static decoder did not take the self-check batch")
+        counts, mel = out.frame_counts.cpu().numpy(), out.mel.float().cpu().numpy()
+        return [mel[i, : counts[i]] for i in range(len(items))]
+
+    @torch.inference_mode()
+    def vocode_mels(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The vocoder alone at its precision in force (the GPU self-check): (frames, mels) FP32 mels -> waveforms."""
+        counts = np.array([len(m) for m in mels])
+        padded = np.zeros((len(mels), int(counts.max()), mels[0].shape[1]), dtype=np.float32)
+        for i, m in enumerate(mels):
+            padded[i, : len(m)] = m
+        waves = self._vocode(torch.from_numpy(padded).to(self.device, self.vocoder_dtype), counts)
+        return [np.asarray(w[: n * self.hop_samples], dtype=np.float32) for w, n in zip(waves, counts)]
 
     @torch.inference_mode()
     def synthesize(self, items: Sequence[SymbolItem]) -> list[Synthesis]:

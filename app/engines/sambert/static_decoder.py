@@ -55,7 +55,7 @@ class StaticPncaDecoder:
                 for steps in reversed(STEP_BUCKETS):
                     bufs = self._take(batch, steps)
                     self._buffers[(batch, steps)] = bufs
-                    self.graphs.add((batch, steps), self._chunk_step(bufs))
+                    self.graphs.add((batch, steps), self._chunk_step(bufs), lambda bufs=bufs: self._reset(bufs))
 
     def _take(self, batch: int, steps: int) -> _Buffers:
         d, a, dt = self.decoder, self.graphs.arena, self.dtype
@@ -127,7 +127,16 @@ class StaticPncaDecoder:
         keys, values = self.decoder.memory_keys(b.memory)
         for buf, src in zip(b.h_keys + b.h_values, keys + values):
             buf.copy_(src)
-        for buf in (*b.x_keys, *b.x_values, b.previous, b.t):
+        self._reset(b)
+
+    @staticmethod
+    def _reset(b: _Buffers) -> None:
+        """Back to step 0: the step index, this decoding's own keys and values, the previous frame, the output.
+
+        Every bucket's views share the arena's buffers, so a bucket's warm-ups at capture start from whatever the
+        previous bucket left: without this the step index ran past the smaller buckets' memory (index_select out of
+        range, a device-side assert on CUDA)."""
+        for buf in (*b.x_keys, *b.x_values, b.previous, b.t, b.out):
             buf.zero_()  # stale keys would be masked, but 0 * a non-finite stale value is still NaN
 
     @property
