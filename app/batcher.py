@@ -96,6 +96,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._running = False
         self._next_batch_id = 0
+        self.current_batch_id = -1  # the engine call in progress (run_batch may read it to key what it records)
         self.batches_run = 0
         self.items_run = 0
         self.items_failed = 0
@@ -227,7 +228,7 @@ class Batcher:
 
     def _run(self, batch: list[Request]) -> None:
         """Run one engine call; on failure retry in halves so only the item that fails alone gets an error."""
-        batch_id = self._next_batch_id
+        batch_id = self.current_batch_id = self._next_batch_id
         self._next_batch_id += 1
         t0 = time.monotonic()
         error: BaseException | None = None

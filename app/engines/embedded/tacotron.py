@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from app import spans
+
 N_MELS = 80  # mel bands per frame
 PRENET_DROPOUT = 0.5  # ttskit keeps prenet dropout on at inference: that is how the model was trained to sound
 GATE_THRESHOLD = 0.5  # an item stops at the first frame whose stop probability exceeds this
@@ -197,10 +199,13 @@ class Tacotron(nn.Module):
         """
         memory = self.encode(ids, lengths, speakers)
         processed = self.memory_layer(memory)
+        spans.mark("decoder")
         decoded = static.decode(memory, processed, lengths, dropout, limits) if static is not None else None
         if decoded is None:
             decoded = self._decode_dynamic(memory, processed, lengths, dropout, limits, check_every)
         mel, frame_lengths, stopped = decoded
+        spans.annotate(frames=sum(frame_lengths))
+        spans.mark("postnet")
         return self.postnet_residual(mel, torch.tensor(frame_lengths, device=ids.device)), frame_lengths, stopped
 
     def _decode_dynamic(
@@ -250,4 +255,5 @@ class Tacotron(nn.Module):
                 memory, processed, pad_mask = memory[idx, :span], processed[idx, :span], pad_mask[idx, :span]
                 ah, ac, dh, dc, aw, awc, ctx = (t[idx] for t in state)
                 state = (ah, ac, dh, dc, aw[:, :span], awc[:, :span], ctx)
+        spans.annotate(steps=last_check)  # iterations run: the loop ends at a check
         return mel[:, : max(frame_lengths)].transpose(1, 2), frame_lengths, stopped
