@@ -57,6 +57,7 @@ def test_health_is_json(app_url):
     assert body["status"] == "ok" and body["engine"] == "embedded" and body["model_loaded"]
     # what is in force: no CUDA here, so the dynamic decoding loop, and the note says why
     assert body["cuda_graphs"] is False and body["settings"]["cuda_graphs"] is False and "CUDA graphs need CUDA" in body["note"]
+    assert set(body["stages"]) == {"last_request_s", "window_s", "window_requests", "window_share"}  # the per-request split
 
 
 def wav_seconds(path: str) -> float:
@@ -169,6 +170,36 @@ def test_page_in_headless_chromium(page_url, request):
         page.wait_for_timeout(2500)  # at least two panel ticks
         assert plot.inner_html() != first_plot, "the live panel did not update"
         page.screenshot(path=str(ARTIFACTS / f"app-{request.node.callspec.id}.png"), full_page=True)
+        browser.close()
+
+
+@pytest.mark.browser
+def test_record_trace_in_headless_chromium(app_url):
+    """Click "Record trace", speak meanwhile, and see the top-operators table and the trace's download link appear."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing but REQUIRE_BROWSER is set")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(app_url, wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Trace").click()
+        batches = page.get_by_label("Batches to trace")
+        batches.fill("1")
+        batches.press("Enter")
+        page.locator("#record-trace").click()
+        page.locator("#tts-text textarea").fill("今天天气很好，我们一起去公园散步吧。")  # traffic to trace
+        page.locator("#synthesize").click()
+        expect(page.locator("#trace-summary")).to_contain_text("Traced 1 batch", timeout=180_000)
+        expect(page.locator("#trace-ops")).to_contain_text("decoder", timeout=10_000)
+        expect(page.locator("#trace-ops")).to_contain_text("vocoder")
+        link = page.locator("#trace-file a[href]").first
+        expect(link).to_have_attribute("href", re.compile(r"\.json\.gz"), timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "app-trace.png"), full_page=True)
         browser.close()
 
 
