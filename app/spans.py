@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -34,14 +34,9 @@ BATCH_STAGES = (
     "pipeline",  # an engine that runs as one opaque call (ModelScope's pipeline)
 )
 OTHER = "other"  # engine-call time outside any marked stage (lock, setup before the first mark)
-# A request's whole split, in time order: the per-request stages around the batch's own.
+# A request's whole split, in time order: its own frontend (checks, normalisation, splitting; plus the engine's symbol
+# conversion in its batches), queue wait, its batches' stages, post-processing on the CPU pool, joining its audio.
 REQUEST_STAGES = ("frontend", "queue", *BATCH_STAGES[1:], OTHER, "post", "audio")
-STAGE_INFO = {
-    "frontend": "text normalisation and sentence splitting before the queue, and the engine's symbol conversion",
-    "queue": "waiting in the queue for a batch (the longest wait of the request's sentences)",
-    "post": "rule-rendered emotion and signal-level controls on the CPU pool after the batch",
-    "audio": "joining the sentences into the answer (audio encoding)",
-}
 TRACE_RANGE_PREFIX = "stage:"  # record_function names, while a trace is recorded
 TRACE_BATCH_RANGE = "batch"
 
@@ -185,19 +180,17 @@ class Recorder:
 
 
 class SpanRing:
-    """The recent batches' records (bounded), and who watches batches begin and end (profiling.trace)."""
+    """The recent batches' records (bounded), and who watches them arrive (profiling.trace)."""
 
     def __init__(self, capacity: int = 2000) -> None:
         self._records: deque[BatchSpans] = deque(maxlen=capacity)
-        self._by_id: OrderedDict[int, BatchSpans] = OrderedDict()
+        self._by_id: dict[int, BatchSpans] = {}
         self._lock = threading.Lock()
-        self._watchers: list[Callable[[str, BatchSpans | None], None]] = []
+        self._watchers: list[Callable[[BatchSpans], None]] = []
 
     @contextmanager
     def batch(self, batch_id: int, size: int, device: str = "cpu") -> Iterator[Recorder]:
         """Around one engine call on the worker thread: marks inside it land in this batch's record."""
-        for watcher in list(self._watchers):
-            watcher("start", None)
         recorder = Recorder(batch_id, size, device)
         _local.recorder = recorder
         ok = False
@@ -215,7 +208,7 @@ class SpanRing:
             self._records.append(record)
             self._by_id[record.batch_id] = record
         for watcher in list(self._watchers):
-            watcher("end", record)
+            watcher(record)
 
     def get(self, batch_id: int) -> BatchSpans | None:
         """The record of one engine call, if it is still in the ring."""
@@ -228,10 +221,10 @@ class SpanRing:
             rows = list(self._records)
         return rows if since is None else [r for r in rows if r.t > since]
 
-    def watch(self, watcher: Callable[[str, BatchSpans | None], None]) -> None:
-        """Call watcher("start", None) before and watcher("end", record) after every engine call (worker thread)."""
+    def watch(self, watcher: Callable[[BatchSpans], None]) -> None:
+        """Call watcher(record) after every engine call, on the worker thread, once its record is in the ring."""
         self._watchers.append(watcher)
 
-    def unwatch(self, watcher: Callable[[str, BatchSpans | None], None]) -> None:
+    def unwatch(self, watcher: Callable[[BatchSpans], None]) -> None:
         if watcher in self._watchers:
             self._watchers.remove(watcher)

@@ -120,7 +120,8 @@ def batches_figure(batches_df: pd.DataFrame, samples_df: pd.DataFrame) -> go.Fig
 
 
 def comparison_figures(results_df: pd.DataFrame) -> dict[str, go.Figure]:
-    """Bar charts for a settings comparison: latency (p50/p95), throughput (with RTF), peak memory."""
+    """Bar charts for a settings comparison: latency (p50/p95), throughput (with RTF), peak memory, the share of
+    request time by stage, and the capacity under a p95 target (when searched)."""
     labels = _setting_labels(results_df)
 
     latency = _figure("Latency (s)", "seconds", height_px=COMPARISON_HEIGHT_PX)

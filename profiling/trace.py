@@ -103,8 +103,8 @@ class _Session:
         self.service.spans.watch(self.on_batch)
         self.attached.set()
 
-    def on_batch(self, kind: str, record: BatchSpans | None) -> None:
-        if kind != "end" or len(self.records) >= self.batches:
+    def on_batch(self, record: BatchSpans) -> None:
+        if len(self.records) >= self.batches:
             return
         self.records.append(record)
         if len(self.records) == self.batches:  # no range for later batches; the worker stops it once this one is answered

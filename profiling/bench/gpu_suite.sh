@@ -3,7 +3,7 @@
 # (CUDA), numpy, pandas, pyyaml, pytest and nvidia-ml-py but not phkit or gradio. Prepare here first:
 #   bash profiling/bench/gpu_prepare.sh            (writes .gpu/: weights, symbol ids, texts; carry `.gpu`)
 # Then on the GPU box:  OUT=$OUT bash profiling/bench/gpu_suite.sh [section ...]
-# Sections (default all, in this order): tests checks engine sambert service compare. Each prints its table; the CSVs
+# Sections (default all, in this order): tests checks engine sambert service compare trace. Each prints its table; the CSVs
 # and the whole log land in $OUT. What each measures (issue 11):
 #   tests    requires_cuda pytest: graphs == dynamic, 32 concurrent callers with graphs on, FP16/graph comparison rows
 #   checks   profiling.bench.gpu_checks: batching, FP16, graphs vs dynamic vs eager static, capture-OOM fallback,
@@ -13,18 +13,21 @@
 #   sambert  the same for Sambert on random weights of the real size (decoder/vocoder precisions)
 #   service  8 concurrent clients, max batch 8, fp32/fp16 x graphs on/off: p50/p95 latency, GPU utilisation
 #   compare  python -m profiling.compare with the graphs axis and the quality columns
+#   trace    python -m profiling.trace: torch.profiler over 3 batches of 8 per setting, fp32/fp16 x graphs on/off: host ops,
+#            kernel launches and kernels per decoded frame, GPU busy share, top ops by stage (about 90 s; traces in $OUT/traces)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=. TTS_CACHE_DIR=.gpu/cache TTS_SYMBOLS=.gpu/symbols.json PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 SYM=.gpu/symbols.json
-SECTIONS=${*:-tests checks engine sambert service compare}
+SECTIONS=${*:-tests checks engine sambert service compare trace}
 run() { echo "== $*"; "$@"; echo "== exit $?"; }
 section() {
   case $1 in
-    tests) run timeout 150 python3 -m pytest -q -p no:cacheprovider -m requires_cuda \
-             tests/test_static_decoding.py tests/test_compare.py tests/test_engine_embedded.py tests/test_sambert_batch.py
+    tests) run timeout 210 python3 -m pytest -q -p no:cacheprovider -m requires_cuda \
+             tests/test_static_decoding.py tests/test_compare.py tests/test_engine_embedded.py tests/test_sambert_batch.py \
+             tests/test_spans.py tests/test_trace.py
            run timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_batcher.py tests/test_monitor.py tests/test_quality.py ;;
     checks) run timeout 180 python3 -m profiling.bench.gpu_checks --symbols $SYM ;;
     engine) run timeout 180 python3 -m profiling.bench.engine --device cuda --symbols $SYM --batch 1,8,32 \
@@ -35,7 +38,9 @@ section() {
                --clients 8 --batch 8 --texts .gpu/texts8.txt --no-paragraph --symbols $SYM --out "$OUT/bench_service.csv" ;;
     compare) run timeout 150 python3 -m profiling.compare --device cuda --fp16 on,off --batch 8,32 --cuda-graphs on,off \
                --concurrency 8 --symbols $SYM --out "$OUT/compare.csv" ;;
-    *) echo "unknown section $1 (tests checks engine sambert service compare)"; return 2 ;;
+    trace) run timeout 150 python3 -m profiling.trace --device cuda --symbols $SYM --precision fp32,fp16 --graphs on,off \
+             --batch 8 --batches 3 --texts .gpu/texts8.txt --trace-dir "$OUT/traces" --out "$OUT/trace.csv" ;;
+    *) echo "unknown section $1 (tests checks engine sambert service compare trace)"; return 2 ;;
   esac
 }
 {
