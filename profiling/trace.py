@@ -40,7 +40,7 @@ TRACE_DIR = Path(tempfile.gettempdir()) / "tts-traces"
 
 
 class TraceBusyError(RuntimeError):
-    """A recording is already running."""
+    """A recording is already running, or the worker could not be reached between batches in time."""
 
 
 def check_batches(batches: int) -> int:
@@ -89,19 +89,18 @@ class _Session:
         self.service, self.batches = service, batches
         self.cuda = service.engine.device.startswith("cuda")
         self.records: list[BatchSpans] = []
-        self.attached = threading.Event()
         self.done = threading.Event()
-        self.prof = None
+        self.prof = None  # set once the profiler runs
 
     def attach(self) -> None:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
-        self.prof = profile(activities=activities)
-        self.prof.start()
+        prof = profile(activities=activities)
+        prof.start()
+        self.prof = prof
         spans.set_trace_ranges(True)
         self.service.spans.watch(self.on_batch)
-        self.attached.set()
 
     def on_batch(self, record: BatchSpans) -> None:
         if len(self.records) >= self.batches:
@@ -160,9 +159,18 @@ class TraceRecorder:
         try:
             self._since = t0 = time.monotonic()
             self._session = session = _Session(self.service, batches)
-            self.service.between_batches(session.attach).result(timeout_s)
-            if not session.done.wait(max(0.0, timeout_s - (time.monotonic() - t0))):
-                self.service.between_batches(session.detach).result(timeout_s)  # ends by itself: the worker stops it
+            attached = self.service.between_batches(session.attach)
+            try:
+                attached.result(timeout_s)  # raises what attaching raised
+                finished = session.done.wait(max(0.0, timeout_s - (time.monotonic() - t0)))
+            except TimeoutError:  # the worker is still in a long batch: it attaches after it
+                finished = False
+            if not finished:  # ends by itself: the worker detaches (worker actions run in order, so after attaching)
+                try:
+                    self.service.between_batches(session.detach).result(timeout_s)
+                except TimeoutError:
+                    raise TraceBusyError(f"the batch worker has been in one batch for over {timeout_s:.0f} s; the "
+                                         "profiler is detached as soon as that batch ends, with nothing recorded") from None
             return self._analyse(session, time.monotonic() - t0, timeout_s)
         finally:
             self._session = None
