@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -18,6 +19,7 @@ import pandas as pd
 from app.spans import TRACE_BATCH_RANGE, TRACE_RANGE_PREFIX, BatchSpans
 
 HOST_CATEGORIES = ("cpu_op", "user_annotation", "cuda_runtime", "cuda_driver")  # events on host threads
+API_CATEGORIES = ("cuda_runtime", "cuda_driver")  # host calls into CUDA (a kernel's correlation id points at one)
 RANGE_CATEGORY = "user_annotation"  # record_function ranges
 # Host API calls that put work on the GPU: one per kernel, one per whole graph replay.
 LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
@@ -73,12 +75,22 @@ def attribute(events: Sequence[_Event]) -> None:
             elif event.cat == RANGE_CATEGORY and event.name.startswith(TRACE_RANGE_PREFIX):
                 event.stage = event.name[len(TRACE_RANGE_PREFIX):]
             stack.append(event)
-    launches = {e.raw.get("args", {}).get("correlation"): e for e in events if e.cat == "cuda_runtime"}
+    launches = {e.raw.get("args", {}).get("correlation"): e for e in events if e.cat in API_CATEGORIES}
+    ranges = sorted((e.ts, e.end, e.stage) for e in events if e.cat == RANGE_CATEGORY and e.stage is not None
+                    and e.name.startswith(TRACE_RANGE_PREFIX))
+    starts = [r[0] for r in ranges]
     for event in events:
-        if event.cat == "kernel":  # a kernel belongs where its launch was made on the host
-            launch = launches.get(event.raw.get("args", {}).get("correlation"))
-            if launch is not None:
-                event.stage, event.in_batch = launch.stage, launch.in_batch
+        if event.cat != "kernel":
+            continue
+        launch = launches.get(event.raw.get("args", {}).get("correlation"))
+        if launch is not None:  # a kernel belongs where its launch was made on the host
+            event.stage, event.in_batch = launch.stage, launch.in_batch
+            continue
+        # No launch on record (a profiler that does not link a graph's kernels to its replay): the stage whose host
+        # range it ran in. Every stage ends in a host sync or before one, so its kernels run inside the batch.
+        k = bisect.bisect_right(starts, event.ts) - 1
+        if k >= 0 and event.ts < ranges[k][1]:
+            event.stage, event.in_batch = ranges[k][2], True
 
 
 def stage_ranges(events: Sequence[_Event]) -> dict[str, float]:
@@ -143,8 +155,8 @@ def launch_figures(events: Sequence[_Event], records: Sequence[BatchSpans]) -> d
     decoder = [e for e in events if e.stage == DECODER]
     batch = [e for e in events if e.in_batch]
     host_ops = sum(e.cat == "cpu_op" for e in decoder)
-    launches = sum(e.cat == "cuda_runtime" and e.name in LAUNCH_CALLS for e in decoder)
-    graph_launches = sum(e.cat == "cuda_runtime" and e.name in GRAPH_LAUNCH_CALLS for e in decoder)
+    launches = sum(e.cat in API_CATEGORIES and e.name in LAUNCH_CALLS for e in decoder)
+    graph_launches = sum(e.cat in API_CATEGORIES and e.name in GRAPH_LAUNCH_CALLS for e in decoder)
     kernels = sum(e.cat == "kernel" for e in decoder)
     per = lambda n, d: n / d if d else float("nan")  # noqa: E731
     cuda = any(e.cat == "kernel" for e in events)

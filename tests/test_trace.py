@@ -82,6 +82,18 @@ def test_launch_figures_count_from_the_trace():
     assert f["host_ops_per_batch"] == 7  # encoder 2, decoder 4, vocoder 1
 
 
+def test_a_kernel_without_a_linked_launch_belongs_to_the_stage_it_ran_in():
+    trace = _hand_trace()
+    for e in trace["traceEvents"]:
+        if e.get("name") == "graph_kernel_b":
+            e["args"] = {}  # no correlation id: placed by time (45-55 lies in the decoder's 20-80 range)
+    trace["traceEvents"].append(_x("kernel", "late_kernel", 300, 5, tid=7))  # after every batch: nowhere
+    events = trace_report.complete_events(trace)
+    trace_report.attribute(events)
+    placed = {e.name: e.stage for e in events if e.cat == "kernel"}
+    assert placed == {"gemm_kernel": "decoder", "graph_kernel_a": "decoder", "graph_kernel_b": "decoder", "late_kernel": None}
+
+
 def test_without_kernels_the_gpu_figures_are_not_numbers():
     trace = _hand_trace()
     trace["traceEvents"] = [e for e in trace["traceEvents"] if e.get("cat") not in ("kernel", "cuda_runtime")]
