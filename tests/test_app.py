@@ -173,6 +173,24 @@ def test_page_in_headless_chromium(page_url, request):
         browser.close()
 
 
+def test_panel_plots_each_batch_by_stage_and_the_share_of_time(engine):
+    from app.web.handlers import Handlers
+    from profiling.monitor import Monitor
+
+    svc = TTSService(engine, BatchSettings(max_batch_size=2)).start(warmup=False)
+    monitor = Monitor(interval_s=0.25, extra=svc.stats)
+    try:
+        handlers = Handlers(svc, monitor)
+        svc.submit("你好，欢迎使用。", "Aijia")
+        *_, stages, share, status = handlers.panel()
+    finally:
+        svc.close()
+    assert [t.name for t in stages.data] == ["frontend", "encoder", "decoder", "postnet", "vocoder", "other"]
+    frame = handlers.stages_frame()
+    assert frame.groupby("batch")["seconds"].sum().iloc[-1] == pytest.approx(svc.span_log[-1].wall_s)
+    assert {t.name for t in share.data} >= {"decoder", "vocoder"} and "In force" in status
+
+
 @pytest.mark.browser
 def test_record_trace_in_headless_chromium(app_url):
     """Click "Record trace", speak meanwhile, and see the top-operators table and the trace's download link appear."""
