@@ -78,6 +78,44 @@ def test_a_failed_call_is_recorded_and_watchers_see_every_call():
     assert [r.ok for r in ring.records()] == [False, True] and ring.records()[1].spans == ()
 
 
+class FakeCudaEvent:
+    """Stands in for torch.cuda.Event (no GPU here): a timestamp at record, the CUDA API's ms differences."""
+
+    synced: list = []
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+        self.t = None
+
+    def record(self, stream) -> None:
+        assert stream == "engine stream"  # recorded on the engine's stream, never the default of another device
+        self.t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        FakeCudaEvent.synced.append(self)
+
+    def elapsed_time(self, end: "FakeCudaEvent") -> float:
+        return (end.t - self.t) * 1000.0
+
+
+def test_on_cuda_durations_come_from_events_read_once_the_call_is_over(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeCudaEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: "engine stream" if str(device) == "cuda:1" else None)
+    FakeCudaEvent.synced = []
+    ring = SpanRing()
+    with ring.batch(0, 4, device="cuda:1"):
+        spans.mark("encoder")
+        time.sleep(0.01)
+        spans.mark("decoder")
+        time.sleep(0.02)
+    (record,) = ring.records()
+    assert record.clock == "cuda events" and [s.stage for s in record.spans] == ["encoder", "decoder"]
+    assert record.spans[1].duration_s == pytest.approx(0.02, abs=0.01)
+    assert len(FakeCudaEvent.synced) == 1  # one wait, on the last event, after the engine's own final sync
+
+
 # --- real engines --------------------------------------------------------------------------------------------------
 def test_a_real_embedded_batch_is_split_into_its_stages_tiling_its_wall_time(engine):
     svc = TTSService(engine, BatchSettings(max_batch_size=4, max_wait_ms=200)).start(warmup=False)
