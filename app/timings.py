@@ -102,8 +102,8 @@ def stage_health(requests: Sequence[Timings], window_s: float = SPLIT_WINDOW_S) 
     recent = [t for t in requests if t.finished_at >= time.time() - window_s]
     last = requests[-1] if requests else None
     return {
-        "last_request_s": {k: round(v, 4) for k, v in last.stages.items()} if last is not None else None,
+        "last_request_s": {k: round(v, 6) for k, v in last.stages.items()} if last is not None else None,
         "window_s": window_s,
         "window_requests": len(recent),
-        "window_share": {k: round(v, 4) for k, v in stage_share(recent).items()},
+        "window_share": {k: round(v, 6) for k, v in stage_share(recent).items()},
     }
