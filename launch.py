@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     s.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     s.add_argument("--auth", metavar="USER:PASSWORD", help="protect the page with a login")
+    s.add_argument("--admin", metavar="USER:PASSWORD", default=os.environ.get("TTS_ADMIN"),
+                   help="the operator's login (default: $TTS_ADMIN): on a shared server (--share, a non-loopback --host, "
+                        "a Space) only the operator, at /operator, may change settings or run comparisons")
+    s.add_argument("--max-queued-per-client", type=int, default=ServeSettings.max_queued_per_client, metavar="N",
+                   help="most sentences one page session, user or API client may have waiting (0: no cap); batches are "
+                        "shared round-robin between callers")
     s.add_argument("--queue-size", type=int, default=ServeSettings.queue_size, help="most sentences waiting; beyond it: busy")
     s.add_argument("--max-chars", type=int, default=ServeSettings.max_chars, help="longest text one request may carry")
     s.add_argument("--post-workers", type=int, default=ServeSettings.post_workers,
@@ -64,12 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace) -> tuple[EngineSettings, BatchSettings, ServeSettings]:
     """Check every option once, here; a bad value exits with a message naming it."""
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            raise ValueError("--auth must look like USER:PASSWORD")
-        auth = (user, password)
+    auth = _login(args.auth, "--auth")
+    admin = _login(args.admin, "--admin (or TTS_ADMIN)")
     emotions = ()
     if args.emotions:
         from app.engines.sambert.emotions import parse_emotions_option
@@ -79,8 +81,18 @@ def settings_from(args: argparse.Namespace) -> tuple[EngineSettings, BatchSettin
     batch = BatchSettings(fp16=args.fp16, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, clear_cache=args.clear_cache,
                           cuda_graphs=args.cuda_graphs)
     serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth,
-                          post_workers=args.post_workers)
+                          post_workers=args.post_workers, admin=admin, max_queued_per_client=args.max_queued_per_client)
     return engine, batch, serve
+
+
+def _login(value: str | None, flag: str) -> tuple[str, str] | None:
+    """USER:PASSWORD -> (user, password); None stays None."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError(f"{flag} must look like USER:PASSWORD")
+    return user, password
 
 
 def cluster_from(args: argparse.Namespace):
@@ -138,9 +150,23 @@ def list_speakers(engine_settings: EngineSettings) -> None:
     print(f"emotions ({engine.emotion_kind}): " + ", ".join(engine.emotions))
 
 
+def access_for(serve: ServeSettings):
+    """Who may tune this server (app.web.roles.Access), said once at start-up."""
+    from app.web.roles import HOW_TO_ENABLE, Access
+
+    access = Access.of(serve)
+    if access.shared and access.operator is None:
+        print(f"note: shared server without an operator login: settings and comparison are read-only for everyone; to "
+              f"enable them, {HOW_TO_ENABLE}.", file=sys.stderr)
+    elif not access.shared and serve.admin:
+        print("note: --admin/TTS_ADMIN has no effect on a local server (loopback host, no --share): whoever opens the "
+              "page is the operator.", file=sys.stderr)
+    return access
+
+
 def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: ServeSettings, warmup: bool) -> None:
     from app.service import TTSService
-    from app.web.ui import build_ui, launch_ui
+    from app.web.ui import build_pages, launch_ui
     from profiling.monitor import Monitor
 
     engine = load_engine(engine_settings, batch.fp16)
@@ -151,18 +177,19 @@ def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: Serv
         log.info("warm-up done in %.1f s", service.warmup())
     monitor = Monitor(extra=service.stats)
     monitor.start()
-    demo = build_ui(service, monitor)
-    launch_ui(demo, service)
+    demo, operator_page = build_pages(service, monitor, access_for(serve))
+    launch_ui(demo, service, operator_page=operator_page)
 
 
 def serve_replicas(engine_settings: EngineSettings, batch: BatchSettings, serve: ServeSettings, warmup: bool, cluster) -> None:
     """The same UI and API as serve_app, in front of replicas on Ray Serve; they are deleted when the front stops."""
     from app.cluster.deploy import shutdown, start_front
-    from app.web.ui import build_ui, launch_ui
+    from app.web.ui import build_pages, launch_ui
 
     client, monitor = start_front(engine_settings, batch, serve, cluster, warmup)
     try:
-        launch_ui(build_ui(client, monitor), client)
+        demo, operator_page = build_pages(client, monitor, access_for(serve))
+        launch_ui(demo, client, operator_page=operator_page)
     except KeyboardInterrupt:  # Ray's driver sees the Ctrl-C too: stop quietly, then delete the replicas
         pass
     finally:

@@ -10,9 +10,9 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
-from app.errors import QueueFullError, SynthesisError
+from app.errors import CallerLimitError, QueueFullError, SynthesisError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class Request:
 
     payload: Any
     future: Future = field(default_factory=Future)
+    caller: Hashable = None  # who asked (a page session, a user, an API client); None: in-process code. Batches share by it
     enqueued_at: float = field(default_factory=time.monotonic)
     deadline: float | None = None  # monotonic time after which the caller no longer wants it
     batched_at: float | None = None  # when the worker took it into a batch
@@ -46,18 +47,47 @@ class Decision:
     wait_s: float | None  # if nothing runs: how long until the oldest item's wait runs out (None: queue empty)
 
 
-def next_batch(queue: Sequence[Request], max_batch_size: int, max_wait_ms: float, now: float) -> Decision:
-    """Pure batching policy: FIFO; run when a batch is full or the oldest live item has waited max_wait_ms."""
-    drop = [r for r in queue if r.abandoned(now)]
-    live = [r for r in queue if not r.abandoned(now)]
+def next_batch(queue: Sequence[Request], max_batch_size: int, max_wait_ms: float, now: float,
+               served: Mapping[Hashable, int] | None = None) -> Decision:
+    """Pure batching policy: run when a batch is full or the oldest live item has waited max_wait_ms.
+
+    The batch is filled round-robin across callers (fair_pick), so one caller's flood cannot hold back the others.
+    served: each caller's rank by its last pick, lower is longer ago (callers not in it count as never served).
+    """
+    gone = [r.abandoned(now) for r in queue]  # once per item: each check takes the future's lock
+    drop = [r for r, g in zip(queue, gone) if g]
+    live = [r for r, g in zip(queue, gone) if not g]
     if not live:
         return Decision([], drop, None)
-    if len(live) >= max_batch_size:
-        return Decision(live[:max_batch_size], drop, None)
     due_at = live[0].enqueued_at + max_wait_ms / 1000.0
-    if now >= due_at:
-        return Decision(live, drop, None)
-    return Decision([], drop, due_at - now)
+    if len(live) < max_batch_size and now < due_at:
+        return Decision([], drop, due_at - now)
+    return Decision(fair_pick(live, max_batch_size, served or {}), drop, None)
+
+
+def fair_pick(live: Sequence[Request], max_batch_size: int, served: Mapping[Hashable, int]) -> list[Request]:
+    """Up to max_batch_size items, one per caller per round; FIFO within a caller.
+
+    Callers picked longest ago (or never) go first in each round; ties go to the caller whose oldest item came first.
+    With one item per caller (nobody flooding) this is today's first-come, first-served, and a batch always fills
+    to max_batch_size while items are waiting.
+    """
+    by_caller: dict[Hashable, list[Request]] = {}  # insertion order: each caller's oldest item's place in the queue
+    for req in live:
+        by_caller.setdefault(req.caller, []).append(req)
+    callers = sorted(by_caller, key=lambda c: served.get(c, -1))  # stable: ties keep queue order
+    picked: list[Request] = []
+    for depth in range(max_batch_size):
+        before = len(picked)
+        for caller in callers:
+            items = by_caller[caller]
+            if depth < len(items):
+                picked.append(items[depth])
+                if len(picked) == max_batch_size:
+                    return picked
+        if len(picked) == before:  # every caller's items are taken
+            break
+    return picked
 
 
 @dataclass(frozen=True)
@@ -84,11 +114,14 @@ class Batcher:
         free_memory: Callable[[], None] = lambda: None,
         after_batch: Callable[[], None] = lambda: None,
         log_size: int = 2000,
+        max_queued_per_caller: int = 0,
     ) -> None:
+        """max_queued_per_caller: most items one caller (not None) may have waiting; 0: no cap."""
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.capacity = capacity
+        self.max_queued_per_caller = max_queued_per_caller
         self._is_oom, self._free_memory, self._after_batch = is_oom, free_memory, after_batch
         self._queue: deque[Request] = deque()
         self._controls: deque[tuple[Callable[[], Any], Future]] = deque()
@@ -97,6 +130,8 @@ class Batcher:
         self._running = False
         self._next_batch_id = 0
         self.current_batch_id = -1  # the engine call in progress (run_batch may read it to key what it records)
+        self._picks = 0  # items taken into batches so far: numbers each caller's last pick for the round-robin
+        self._served: dict[Hashable, int] = {}  # caller -> the number of its last pick, for callers still waiting
         self.batches_run = 0
         self.items_run = 0
         self.items_failed = 0
@@ -104,24 +139,19 @@ class Batcher:
         self.log: deque[BatchRecord] = deque(maxlen=log_size)
 
     # --- caller side -------------------------------------------------------------------------------
-    def submit(self, payload: Any, timeout_s: float | None = None) -> Request:
-        """Enqueue one item; raise QueueFullError at once when the queue is at capacity."""
-        req = Request(payload)
-        if timeout_s is not None:
-            req.deadline = req.enqueued_at + timeout_s
-        with self._cond:
-            if not self._running:
-                raise RuntimeError("the batcher is not running")
-            if len(self._queue) >= self.capacity:
-                raise QueueFullError(f"server busy: {len(self._queue)} sentences are waiting (limit {self.capacity}); try again shortly")
-            self._queue.append(req)
-            self._cond.notify()
-        return req
+    def submit(self, payload: Any, timeout_s: float | None = None, caller: Hashable = None) -> Request:
+        """Enqueue one item; raise QueueFullError at once when the queue (or the caller's share) is full."""
+        return self.submit_many([payload], timeout_s, caller)[0]
 
-    def submit_many(self, payloads: Sequence[Any], timeout_s: float | None = None) -> list[Request]:
-        """Enqueue several items atomically: all of them or none (QueueFullError)."""
+    def submit_many(self, payloads: Sequence[Any], timeout_s: float | None = None, caller: Hashable = None,
+                    cap_count: int | None = None) -> list[Request]:
+        """Enqueue several items atomically: all of them or none (QueueFullError, or CallerLimitError for the caller's cap).
+
+        cap_count: how many items to count against the caller's cap (default: these): a stream counts its whole text
+        with its first sentence, then queues the rest with 0, so a text is admitted or refused as a whole.
+        """
         now = time.monotonic()
-        reqs = [Request(p, enqueued_at=now, deadline=None if timeout_s is None else now + timeout_s) for p in payloads]
+        reqs = [Request(p, enqueued_at=now, deadline=None if timeout_s is None else now + timeout_s, caller=caller) for p in payloads]
         with self._cond:
             if not self._running:
                 raise RuntimeError("the batcher is not running")
@@ -130,9 +160,26 @@ class Batcher:
                     f"server busy: {len(self._queue)} sentences are waiting and this request adds {len(reqs)} "
                     f"(limit {self.capacity}); try again shortly"
                 )
+            self._check_caller_cap(caller, len(reqs) if cap_count is None else cap_count)
             self._queue.extend(reqs)
             self._cond.notify()
         return reqs
+
+    def _check_caller_cap(self, caller: Hashable, adding: int) -> None:
+        """Under the lock: refuse a caller whose waiting items plus these would pass its cap (in-process code has none).
+
+        A caller with nothing waiting is always admitted: one text's length is bounded by max_chars and the queue's
+        capacity; the cap stops a caller piling texts up.
+        """
+        cap = self.max_queued_per_caller
+        if caller is None or not cap or not adding:
+            return
+        waiting = sum(1 for r in self._queue if r.caller == caller)
+        if waiting and waiting + adding > cap:
+            raise CallerLimitError(
+                f"too many requests in flight for this session: {waiting} of its sentences are waiting and this request "
+                f"adds {adding} (limit {cap} per session); wait for some to finish"
+            )
 
     def between_batches(self, action: Callable[[], Any]) -> Future:
         """Run action on the worker thread before the next batch (settings changes); returns its future."""
@@ -196,7 +243,7 @@ class Batcher:
                     return None
                 if self._controls:
                     return []
-                decision = next_batch(self._queue, self.max_batch_size, self.max_wait_ms, time.monotonic())
+                decision = next_batch(self._queue, self.max_batch_size, self.max_wait_ms, time.monotonic(), self._served)
                 for req in decision.drop:
                     self._queue.remove(req)
                     req.future.cancel()
@@ -204,8 +251,19 @@ class Batcher:
                 if decision.run:
                     for req in decision.run:
                         self._queue.remove(req)
+                    self._note_served(decision.run)
                     return decision.run
                 self._cond.wait(decision.wait_s)
+
+    def _note_served(self, batch: list[Request]) -> None:
+        """Under the lock: number this batch's picks in order for the round-robin; forget callers with nothing waiting
+        (one that comes back counts as never served)."""
+        waiting = {r.caller for r in self._queue}
+        self._served = {c: n for c, n in self._served.items() if c in waiting}
+        for req in batch:
+            self._picks += 1
+            if req.caller in waiting:
+                self._served[req.caller] = self._picks
 
     def _loop(self) -> None:
         while True:

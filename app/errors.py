@@ -9,6 +9,10 @@ class QueueFullError(RuntimeError):
     """The queue is at its bound: the caller should try again shortly."""
 
 
+class CallerLimitError(QueueFullError):
+    """One caller (a page session, a user, an API client) already has its share of the queue waiting."""
+
+
 class SynthesisError(RuntimeError):
     """The engine failed on this item (for example, out of GPU memory even alone)."""
 

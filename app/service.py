@@ -13,7 +13,7 @@ from collections import deque
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, ClassVar, Iterator, Sequence
+from typing import AsyncIterator, ClassVar, Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -95,6 +95,7 @@ class TTSService:
             max_batch_size=self._effective_batch(self._settings.max_batch_size),
             max_wait_ms=self._settings.max_wait_ms,
             capacity=serve.queue_size,
+            max_queued_per_caller=serve.max_queued_per_client,
             is_oom=_is_oom,
             free_memory=_free_cuda_cache,
             after_batch=self._after_batch,
@@ -206,16 +207,19 @@ class TTSService:
         return self._post
 
     def submit(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None,
-               speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0) -> Result:
-        """Synthesize a whole text (blocking): its sentences are queued together, so they batch."""
+               speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0, caller: Hashable = None) -> Result:
+        """Synthesize a whole text (blocking): its sentences are queued together, so they batch.
+
+        caller: who asks (a page session, a user): batches are shared fairly between callers, each under its cap.
+        """
         t0 = time.monotonic()  # the request's clock includes its frontend (checks, normalisation, splitting)
         utts = self.plan(text, speaker, emotion, seed, speed, pitch, volume)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
-        jobs = self._enqueue(utts, timeout_s)
+        jobs = self._enqueue(utts, timeout_s, caller)
         return self._result(utts, jobs, self._collect(jobs, t0, timeout_s), t0)
 
     async def submit_async(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None,
-                           timeout_s: float | None = None, **controls) -> Result:
+                           timeout_s: float | None = None, caller: Hashable = None, **controls) -> Result:
         """submit() for an event loop (a Serve replica): awaits the answers instead of holding a thread.
 
         controls are the request's speed/pitch/volume keywords, passed on to plan() unchanged.
@@ -223,11 +227,11 @@ class TTSService:
         t0 = time.monotonic()
         utts = self.plan(text, speaker, emotion, seed, **controls)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
-        jobs = self._enqueue(utts, timeout_s)
+        jobs = self._enqueue(utts, timeout_s, caller)
         return self._result(utts, jobs, await self._collect_async(jobs, t0, timeout_s), t0)
 
     def stream(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None,
-               speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0) -> Iterator[Piece]:
+               speed: float = 1.0, pitch: float = 0.0, volume: float = 0.0, caller: Hashable = None) -> Iterator[Piece]:
         """Yield each sentence's audio in order as soon as it is ready.
 
         The first sentence is queued alone and the rest once it has started, so it runs in a small batch and its
@@ -236,11 +240,11 @@ class TTSService:
         t0 = time.monotonic()  # the request's clock includes its frontend (checks, normalisation, splitting)
         utts = self.plan(text, speaker, emotion, seed, speed, pitch, volume)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
-        jobs = self._enqueue(utts[:1], timeout_s)
+        jobs = self._enqueue(utts[:1], timeout_s, caller, cap_count=len(utts))  # the whole text counts against the cap
         try:
             if len(utts) > 1:
                 jobs[0].request.started.wait(timeout_s)
-                jobs += self._enqueue(utts[1:], timeout_s)
+                jobs += self._enqueue(utts[1:], timeout_s, caller, cap_count=0)
             for i, job in enumerate(jobs):
                 yield self._piece(utts, i, self._collect([job], t0, timeout_s)[0], t0)
             self._record(jobs, t0, utts[0])
@@ -249,16 +253,16 @@ class TTSService:
                 job.cancel()
 
     async def stream_async(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None,
-                           timeout_s: float | None = None, **controls) -> AsyncIterator[Piece]:
+                           timeout_s: float | None = None, caller: Hashable = None, **controls) -> AsyncIterator[Piece]:
         """stream() for an event loop: the same order and batching, awaiting the answers."""
         t0 = time.monotonic()
         utts = self.plan(text, speaker, emotion, seed, **controls)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
-        jobs = self._enqueue(utts[:1], timeout_s)
+        jobs = self._enqueue(utts[:1], timeout_s, caller, cap_count=len(utts))
         try:
             if len(utts) > 1:
                 await _started(jobs[0].request, timeout_s)
-                jobs += self._enqueue(utts[1:], timeout_s)
+                jobs += self._enqueue(utts[1:], timeout_s, caller, cap_count=0)
             for i, job in enumerate(jobs):
                 yield self._piece(utts, i, (await self._collect_async([job], t0, timeout_s))[0], t0)
             self._record(jobs, t0, utts[0])
@@ -266,9 +270,10 @@ class TTSService:
             for job in jobs:  # a caller that goes away (cancelled task) frees the queue and the pool
                 job.cancel()
 
-    def _enqueue(self, utts: list[Utterance], timeout_s: float) -> list[Job]:
+    def _enqueue(self, utts: list[Utterance], timeout_s: float, caller: Hashable = None, cap_count: int | None = None) -> list[Job]:
         """Queue the items for the model; those with emotion or controls to render follow on the CPU pool."""
-        return [self._post.follow(req, item) for req, item in zip(self._batcher.submit_many(utts, timeout_s=timeout_s), utts)]
+        reqs = self._batcher.submit_many(utts, timeout_s=timeout_s, caller=caller, cap_count=cap_count)
+        return [self._post.follow(req, item) for req, item in zip(reqs, utts)]
 
     def _collect(self, jobs: list[Job], t0: float, timeout_s: float) -> list[np.ndarray]:
         with self._answering(jobs, timeout_s):

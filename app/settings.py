@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ENGINE_NAMES = ("embedded", "sambert", "modelscope")
 SPEED_RANGE = (0.5, 2.0)  # tempo factor of a request: 2.0 is twice as fast
@@ -71,10 +71,17 @@ class ServeSettings:
     port: int = 7860  # port the web server binds
     share: bool = False  # ask Gradio for a public share link
     auth: tuple[str, str] | None = None  # (user, password) for the web page, if any
+    # (user, password) of the operator, who alone may tune a shared server (--admin or TTS_ADMIN); kept out of repr
+    admin: tuple[str, str] | None = field(default=None, repr=False)
+    max_queued_per_client: int = 64  # most sentences one caller (page session, user, API client) may have waiting; 0: no cap
 
     def __post_init__(self) -> None:
         if self.queue_size < 1:
             raise ValueError(f"queue_size={self.queue_size} must be at least 1")
+        if self.max_queued_per_client < 0:
+            raise ValueError(f"max_queued_per_client={self.max_queued_per_client} must be 0 (no cap) or more")
+        if self.admin is not None and self.auth is not None and self.admin[0] == self.auth[0]:
+            raise ValueError(f"the operator's login {self.admin[0]!r} must differ from the visitors' --auth login")
         if not 1 <= self.post_workers <= 64:
             raise ValueError(f"post_workers={self.post_workers} must be between 1 and 64")
         if not 1 <= self.max_chars <= 20000:

@@ -21,6 +21,8 @@ from app.settings import BatchSettings, ServeSettings
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
 
 
 def free_port() -> int:
@@ -145,10 +147,8 @@ def test_page_in_headless_chromium(page_url, request):
 
     streamed = request.node.callspec.id == "streamed"
     ARTIFACTS.mkdir(exist_ok=True)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(page_url, wait_until="domcontentloaded")
         plot = page.locator("#memory-plot .js-plotly-plot").first

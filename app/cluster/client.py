@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Hashable, Iterator
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -114,8 +114,10 @@ class ReplicaClient:
         self.engine.check(speaker, emotion)
 
     def submit(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None,
-               **options) -> Result:
-        """A whole text on one replica (blocking); re-sent elsewhere if that replica dies before answering."""
+               caller: Hashable = None, **options) -> Result:
+        """A whole text on one replica (blocking); re-sent elsewhere if that replica dies before answering.
+
+        caller: who asks; the replica's batcher shares its batches fairly between callers (TTSService.submit)."""
         self.check(text, speaker, emotion)
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.serve.request_timeout_s)
         attempt = 0
@@ -123,7 +125,7 @@ class ReplicaClient:
             remaining_s = max(0.0, deadline - time.monotonic())
             response = None
             try:
-                response = self._handle.submit.remote(text, speaker, emotion, seed, remaining_s, **options)
+                response = self._handle.submit.remote(text, speaker, emotion, seed, remaining_s, caller=caller, **options)
                 return response.result(timeout_s=remaining_s + RESULT_GRACE_S)
             except TimeoutError:
                 if response is not None:
@@ -134,7 +136,7 @@ class ReplicaClient:
                 attempt = self._retry_or_raise(exc, attempt)
 
     def stream(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None, timeout_s: float | None = None,
-               **options) -> Iterator[Piece]:
+               caller: Hashable = None, **options) -> Iterator[Piece]:
         """Each sentence as soon as its replica has it, in order. If the replica dies mid-text the text is re-sent
         and the sentences already given are skipped (same text and seeds: the same audio), so none comes twice."""
         self.check(text, speaker, emotion)
@@ -144,7 +146,7 @@ class ReplicaClient:
             remaining_s = max(0.0, deadline - time.monotonic())
             pieces = None
             try:
-                pieces = self._stream_handle.stream.remote(text, speaker, emotion, seed, remaining_s, **options)
+                pieces = self._stream_handle.stream.remote(text, speaker, emotion, seed, remaining_s, caller=caller, **options)
                 for piece in pieces:
                     if piece.index >= given:
                         given += 1

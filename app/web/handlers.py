@@ -15,6 +15,7 @@ from app.engines.base import EMOTION_KIND_INFO, EMOTIONS_NONE, EngineBase
 from app.errors import QueueFullError, SynthesisError, TTSInputError
 from app.service import TTSService
 from app.timings import stage_share
+from app.web.roles import Access, caller_key, operator_only
 from profiling import plots
 from profiling.capacity import check_slo
 from profiling.compare import make_grid, run_grid
@@ -49,18 +50,20 @@ def emotion_info(engine: EngineBase, speaker: str) -> str:
 class Handlers:
     """Everything the page does, as functions the UI wires to components."""
 
-    def __init__(self, service: TTSService, monitor: Monitor, workload: list[str] | None = None, streaming: bool = False) -> None:
+    def __init__(self, service: TTSService, monitor: Monitor, workload: list[str] | None = None, streaming: bool = False,
+                 access: Access | None = None) -> None:
         self.service = service
         self.monitor = monitor
         self.streaming = streaming  # stream sentence by sentence (the page's audio player needs ffmpeg for it)
         self.workload = workload or load_workload()
+        self.access = access or Access()  # who may tune the server (@operator_only handlers check it); default: local
         self.tracer = TraceRecorder(service)  # one recording at a time, over the next batches
 
     # --- speech ------------------------------------------------------------------------------------
     def speak(self, text: str, speaker: str, emotion: str, speed: float = 1.0, pitch: float = 0.0,
-              volume: float = 0.0) -> Iterator[tuple[tuple[int, np.ndarray] | None, str]]:
+              volume: float = 0.0, request: gr.Request = None) -> Iterator[tuple[tuple[int, np.ndarray] | None, str]]:
         """Stream sentence by sentence (ffmpeg present) or answer once; yields (audio, timing line)."""
-        controls = dict(speed=speed, pitch=pitch, volume=volume)
+        controls = dict(speed=speed, pitch=pitch, volume=volume, caller=caller_key(request))
         try:
             if not self.streaming:
                 result = self.service.submit(text, speaker, emotion, **controls)
@@ -78,10 +81,10 @@ class Handlers:
             raise gr.Error(str(exc)) from None
 
     def synthesize(self, text: str, speaker: str, emotion: str, speed: float = 1.0, pitch: float = 0.0,
-                   volume: float = 0.0) -> tuple[int, np.ndarray]:
+                   volume: float = 0.0, request: gr.Request = None) -> tuple[int, np.ndarray]:
         """The /synthesize API: whole text -> one WAV; speed, pitch and volume are optional."""
         try:
-            result = self.service.submit(text, speaker, emotion, speed=speed, pitch=pitch, volume=volume)
+            result = self.service.submit(text, speaker, emotion, speed=speed, pitch=pitch, volume=volume, caller=caller_key(request))
         except (TTSInputError, QueueFullError, SynthesisError) as exc:
             raise gr.Error(str(exc)) from None
         return result.sample_rate, float_to_int16(result.audio)
@@ -135,6 +138,7 @@ class Handlers:
         notes = [n for n in (*self.service.engine.notes, self.monitor.note) if n]
         return line + "".join(f"  \n{r}" for r in replicas) + "".join(f"  \n_{n}_" for n in notes)
 
+    @operator_only
     def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool, cuda_graphs: bool = True) -> str:
         """Queue a settings change; it takes effect between batches. Returns the status line once in force."""
         try:
@@ -144,6 +148,7 @@ class Handlers:
             raise gr.Error(str(exc)) from None
         return self.status()
 
+    @operator_only
     def compare(self, fp16: list[str], batch: list[str], clear: list[str], concurrency: float, repeats: float, n_texts: float,
                 graphs: list[str] | None = None, find_capacity: bool = False, slo_p95_s: float | None = None,
                 progress=gr.Progress()):
@@ -170,6 +175,7 @@ class Handlers:
         shown = df.round(3)
         return shown, figs["latency"], figs["throughput"], figs["memory"], figs["stages"], figs["capacity"], path
 
+    @operator_only
     def record_trace(self, batches: float = 5):
         """Trace the next N batches with torch.profiler; return the summary, the top operators by stage and the file."""
         try:
