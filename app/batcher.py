@@ -129,6 +129,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._running = False
         self._next_batch_id = 0
+        self.current_batch_id = -1  # the engine call in progress (run_batch may read it to key what it records)
         self._picks = 0  # items taken into batches so far: numbers each caller's last pick for the round-robin
         self._served: dict[Hashable, int] = {}  # caller -> the number of its last pick, for callers still waiting
         self.batches_run = 0
@@ -285,7 +286,7 @@ class Batcher:
 
     def _run(self, batch: list[Request]) -> None:
         """Run one engine call; on failure retry in halves so only the item that fails alone gets an error."""
-        batch_id = self._next_batch_id
+        batch_id = self.current_batch_id = self._next_batch_id
         self._next_batch_id += 1
         t0 = time.monotonic()
         error: BaseException | None = None

@@ -12,7 +12,7 @@ import zlib
 from collections import deque
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, ClassVar, Hashable, Iterator, Sequence
 
 import numpy as np
@@ -25,38 +25,10 @@ from app.errors import SynthesisError, TTSInputError
 from app.memory import rss_mib, torch_cuda_mib
 from app.postprocess import Job, PostProcessor
 from app.settings import BatchSettings, ServeSettings, check_controls
+from app.spans import BatchSpans, SpanRing
+from app.timings import Timings, request_timings, stage_health
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Timings:
-    """Where one request's time went (seconds)."""
-
-    total_s: float = 0.0  # submit to last sentence done
-    queue_wait_s: float = 0.0  # longest wait of any of its sentences before its batch started
-    compute_s: float = 0.0  # summed wall time of the distinct engine calls its sentences ran in
-    first_audio_s: float = 0.0  # submit to the first sentence's audio being ready
-    audio_s: float = 0.0  # seconds of audio returned
-    rtf: float = 0.0  # total_s / audio_s: below 1 is faster than real time
-    sentences: int = 0
-    batches: int = 0  # distinct engine calls
-    batch_sizes: list[int] = field(default_factory=list)  # size of the engine call each sentence ran in
-    emotion: str = NEUTRAL  # the request's emotion
-    speed: float = 1.0  # its tempo factor
-    pitch: float = 0.0  # its pitch shift, semitones
-    volume: float = 0.0  # its loudness change, dB
-    post_s: float = 0.0  # summed post-processing time of its sentences on the CPU pool (0: none was needed)
-
-    def summary(self) -> str:
-        """One line for the UI and the request log."""
-        sizes = ",".join(map(str, self.batch_sizes))
-        post = f"; post-processing {self.post_s:.2f} s" if self.post_s else ""
-        return (
-            f"{self.audio_s:.1f} s of audio in {self.total_s:.2f} s (RTF {self.rtf:.2f}); first audio {self.first_audio_s:.2f} s; "
-            f"queue wait {self.queue_wait_s:.2f} s; {self.sentences} sentence(s) in {self.batches} batch(es) of size [{sizes}]; "
-            f"{self.emotion}, speed {self.speed:g}x, pitch {self.pitch:+g} st, volume {self.volume:+g} dB{post}"
-        )
 
 
 @dataclass
@@ -130,6 +102,7 @@ class TTSService:
         )
         self._post = PostProcessor(engine, serve.post_workers)  # CPU threads, never the model's worker
         self._requests: deque[Timings] = deque(maxlen=2000)
+        self.spans = SpanRing()  # each engine call's stages (app.spans), filled on the worker thread
         self.started_at = time.time()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -239,9 +212,9 @@ class TTSService:
 
         caller: who asks (a page session, a user): batches are shared fairly between callers, each under its cap.
         """
+        t0 = time.monotonic()  # the request's clock includes its frontend (checks, normalisation, splitting)
         utts = self.plan(text, speaker, emotion, seed, speed, pitch, volume)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
-        t0 = time.monotonic()
         jobs = self._enqueue(utts, timeout_s, caller)
         return self._result(utts, jobs, self._collect(jobs, t0, timeout_s), t0)
 
@@ -251,9 +224,9 @@ class TTSService:
 
         controls are the request's speed/pitch/volume keywords, passed on to plan() unchanged.
         """
+        t0 = time.monotonic()
         utts = self.plan(text, speaker, emotion, seed, **controls)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
-        t0 = time.monotonic()
         jobs = self._enqueue(utts, timeout_s, caller)
         return self._result(utts, jobs, await self._collect_async(jobs, t0, timeout_s), t0)
 
@@ -264,9 +237,9 @@ class TTSService:
         The first sentence is queued alone and the rest once it has started, so it runs in a small batch and its
         audio arrives early; the rest still batch together (and with other callers' items).
         """
+        t0 = time.monotonic()  # the request's clock includes its frontend (checks, normalisation, splitting)
         utts = self.plan(text, speaker, emotion, seed, speed, pitch, volume)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
-        t0 = time.monotonic()
         jobs = self._enqueue(utts[:1], timeout_s, caller, cap_count=len(utts))  # the whole text counts against the cap
         try:
             if len(utts) > 1:
@@ -282,9 +255,9 @@ class TTSService:
     async def stream_async(self, text: str, speaker: str, emotion: str = NEUTRAL, seed: int | None = None,
                            timeout_s: float | None = None, caller: Hashable = None, **controls) -> AsyncIterator[Piece]:
         """stream() for an event loop: the same order and batching, awaiting the answers."""
+        t0 = time.monotonic()
         utts = self.plan(text, speaker, emotion, seed, **controls)
         timeout_s = timeout_s if timeout_s is not None else self.serve.request_timeout_s
-        t0 = time.monotonic()
         jobs = self._enqueue(utts[:1], timeout_s, caller, cap_count=len(utts))
         try:
             if len(utts) > 1:
@@ -329,45 +302,28 @@ class TTSService:
                 job.cancel()  # no-op for finished ones; skips the rest if we gave up
 
     def _result(self, utts: list[Utterance], jobs: list[Job], pieces: list[np.ndarray], t0: float) -> Result:
-        rate = self.engine.sample_rate
-        return Result(join_sentences(pieces, rate), rate, self._record(jobs, t0, utts[0]), [u.text for u in utts])
+        rate, t_join = self.engine.sample_rate, time.perf_counter()
+        audio = join_sentences(pieces, rate)
+        return Result(audio, rate, self._record(jobs, t0, utts[0], time.perf_counter() - t_join), [u.text for u in utts])
 
     def _piece(self, utts: list[Utterance], index: int, audio: np.ndarray, t0: float) -> Piece:
         return Piece(index, len(utts), utts[index].text, audio, self.engine.sample_rate, time.monotonic() - t0)
 
-    def _record(self, jobs: list[Job], t0: float, first: Utterance) -> Timings:
-        """The finished request's timings, kept in the request log."""
-        timings = self._timings(jobs, t0, first)
+    def _record(self, jobs: list[Job], t0: float, first: Utterance, join_s: float = 0.0) -> Timings:
+        """The finished request's timings and per-stage split, kept in the request log."""
+        timings = request_timings(jobs, t0, first, self.engine.sample_rate, self.spans, join_s)
         self._requests.append(timings)
         log.info("request: %s", timings.summary())
         return timings
 
-    def _timings(self, jobs: list[Job], t0: float, first: Utterance) -> Timings:
-        reqs = [job.request for job in jobs]
-        done = max(job.done_at for job in jobs)
-        audio_s = sum(len(job.future.result()) for job in jobs) / self.engine.sample_rate
-        batches = {r.batch_id: r.compute_s for r in reqs}
-        total = done - t0
-        return Timings(
-            total_s=total,
-            queue_wait_s=max(r.batched_at - r.enqueued_at for r in reqs),
-            compute_s=sum(batches.values()),
-            first_audio_s=jobs[0].done_at - t0,
-            audio_s=audio_s,
-            rtf=total / audio_s if audio_s else float("nan"),
-            sentences=len(reqs),
-            batches=len(batches),
-            batch_sizes=[r.batch_size for r in reqs],
-            emotion=first.emotion,
-            speed=first.speed,
-            pitch=first.pitch,
-            volume=first.volume,
-            post_s=sum(job.post_s for job in jobs),
-        )
-
     # --- worker side -------------------------------------------------------------------------------
     def _run_batch(self, batch: list[Utterance]) -> list[np.ndarray]:
-        return self.engine.synthesize(batch)
+        with self.spans.batch(self._batcher.current_batch_id, len(batch), self.engine.device):  # the engine marks stages
+            return self.engine.synthesize(batch)
+
+    def between_batches(self, action) -> Future:
+        """Run action on the worker thread before the next batch (e.g. attach a profiler); returns its future."""
+        return self._batcher.between_batches(action)
 
     def _after_batch(self) -> None:
         if self._settings.clear_cache:
@@ -386,6 +342,11 @@ class TTSService:
     def batch_log(self):
         """Recent engine calls (BatchRecord: t, size, compute_s, queue_depth, ok), oldest first."""
         return list(self._batcher.log)
+
+    @property
+    def span_log(self) -> list[BatchSpans]:
+        """Recent engine calls' stages (app.spans.BatchSpans), oldest first."""
+        return self.spans.records()
 
     def stats(self) -> dict[str, float]:
         """Cheap counters for the monitor's probe."""
@@ -414,6 +375,7 @@ class TTSService:
             "request_errors": self.errors,
             "uptime_s": round(time.time() - self.started_at, 1),
             "memory": memory_figures(),
+            "stages": stage_health(self.request_log),  # the last request's split and the window's share per stage
         }
 
 

@@ -1,6 +1,7 @@
 """Run one workload under a grid of settings on the resident service -> one row per setting -> CSV/JSON.
 
 CLI: python -m profiling.compare --fp16 on,off --batch 1,4,8 --clear-cache on,off --cuda-graphs on,off --concurrency 8 --out results.csv
+     python -m profiling.compare --batch 1,8 --slo-p95 30 --out capacity.csv   (also each setting's capacity under a p95 target)
 
 Every row carries the quality cost of its setting beside its speed: the same texts and seeds are first rendered by the
 FP32, graphs-off reference (one at a time), and each setting's audio for them is compared with it (profiling.quality).
@@ -19,6 +20,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from app.spans import REQUEST_STAGES
+from profiling.capacity import CAPACITY_BUDGET_S, CAPACITY_COLUMNS, capacity_search, check_slo, default_slo_p95_s
 from profiling.loadgen import WORKLOAD_FILE, load_workload, run_load, service_caller, summarize
 from profiling.quality import quality_summary
 
@@ -27,6 +30,8 @@ COLUMNS = [
     "setting", "status", "fp16", "max_batch_size", "clear_cache", "cuda_graphs", "requests", "errors", "p50_latency_s",
     "p95_latency_s", "throughput_audio_s_per_s", "rtf", "mcd_db", "frames_changed_share", "nonfinite_items", "mean_batch_size", "peak_torch_allocated_mib", "peak_torch_reserved_mib",
     "peak_vram_used_mib", "mean_gpu_util_pct", "peak_rss_mib", "wall_s", "engine", "device", "precision",
+    *[f"share_{stage}" for stage in REQUEST_STAGES],  # each stage's share of the requests' time (app.spans)
+    *CAPACITY_COLUMNS,  # with a p95 target: the most clients served within it (profiling.capacity)
 ]
 
 
@@ -137,11 +142,15 @@ def run_setting(service, monitor, point: GridPoint, texts: Sequence[str], concur
 def run_grid(
     service, monitor, points: Sequence[GridPoint], texts: Sequence[str], concurrency: int = 8, repeats: int = 1,
     progress: Callable[[int, int, str], None] | None = None, quality_texts: int = QUALITY_TEXTS,
+    slo_p95_s: float | None = None, capacity_budget_s: float = CAPACITY_BUDGET_S,
 ) -> pd.DataFrame:
     """Every grid point on the same workload; the service's own settings are restored afterwards.
 
     quality_texts: how many of the texts the reference renders for the quality columns (0: no quality columns).
+    slo_p95_s: also search each setting's capacity under this p95 latency target (None: no search).
     """
+    if slo_p95_s is not None:
+        check_slo(slo_p95_s)
     before = service.settings
     rows = []
     try:
@@ -153,6 +162,12 @@ def run_grid(
             if progress is not None:
                 progress(i, len(points), point.label)
             rows.append(run_setting(service, monitor, point, texts, concurrency, repeats, reference=reference))
+            if slo_p95_s is not None and rows[-1]["status"].startswith("ok"):  # the setting is still in force
+                def step(what: str, i: int = i, label: str = point.label) -> None:
+                    if progress is not None:
+                        progress(i, len(points), f"{label}: capacity, {what}")
+
+                rows[-1].update(capacity_search(service, texts, slo_p95_s, budget_s=capacity_budget_s, report=step))
     finally:
         service.apply_settings(fp16=before.fp16, max_batch_size=before.max_batch_size, clear_cache=before.clear_cache,
                                cuda_graphs=before.cuda_graphs)
@@ -178,6 +193,15 @@ def _ints(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers") from None
 
 
+def _slo(value: str) -> str | float:
+    if value == "auto":
+        return value
+    try:
+        return check_slo(float(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fp16", type=_on_off, default=[True, False], help="on,off")
@@ -186,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cuda-graphs", type=_on_off, default=[True, False], help="on,off (on is skipped without CUDA)")
     p.add_argument("--quality-texts", type=int, default=QUALITY_TEXTS, help="texts rendered for the quality columns (0: none)")
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--slo-p95", nargs="?", const="auto", type=_slo, metavar="SECONDS",
+                   help="also find each setting's capacity: the most clients (1, 2, 4 ... 64) served with p95 latency "
+                        "within SECONDS (alone: 1 on CUDA, 30 on a CPU)")
+    p.add_argument("--capacity-budget-s", type=float, default=CAPACITY_BUDGET_S, help="most seconds one setting's capacity search takes")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--texts", default=str(WORKLOAD_FILE), help="one sentence per line")
     p.add_argument("--engine", default="embedded")
@@ -216,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     service.start(warmup=True)
     monitor = Monitor(extra=service.stats).start()
     texts = load_workload(args.texts)
+    slo = None if args.slo_p95 is None else default_slo_p95_s(engine.device) if args.slo_p95 == "auto" else args.slo_p95
     report = lambda i, n, label: print(f"[{i}/{n}] {label}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         grid = make_grid(args.fp16, args.batch, args.clear_cache, args.cuda_graphs)
-        df = run_grid(service, monitor, grid, texts, args.concurrency, args.repeats, report, args.quality_texts)
+        df = run_grid(service, monitor, grid, texts, args.concurrency, args.repeats, report, args.quality_texts,
+                      slo_p95_s=slo, capacity_budget_s=args.capacity_budget_s)
     finally:
         monitor.close()
         service.close()
@@ -229,8 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     shown = ["setting", "status", "p50_latency_s", "p95_latency_s", "throughput_audio_s_per_s", "rtf", "mcd_db",
              "frames_changed_share", "nonfinite_items", "mean_batch_size",
              "peak_torch_allocated_mib", "peak_torch_reserved_mib", "peak_vram_used_mib", "mean_gpu_util_pct", "peak_rss_mib"]
+    stages = [f"share_{s}" for s in REQUEST_STAGES if df[f"share_{s}"].fillna(0).gt(0.005).any()]
+    capacity = ["capacity_concurrency", "capacity_throughput_audio_s_per_s", "capacity_p95_s", "capacity_note"] if slo else []
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(df[shown].to_string(index=False))
+        print("\nShare of the requests' time by stage:\n" + df[["setting", *stages]].to_string(index=False))
+        if capacity:
+            print(f"\nCapacity under p95 <= {slo:g} s:\n" + df[["setting", *capacity]].to_string(index=False))
     print(f"\n{engine.name} on {engine.device} ({monitor.device_name}); {len(texts)} texts x {args.repeats}, concurrency {args.concurrency}; wrote {args.out}")
     return 0
 

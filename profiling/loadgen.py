@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from app.spans import REQUEST_STAGES
+
 WORKLOAD_FILE = Path(__file__).with_name("workload_zh.txt")
 
 
@@ -38,6 +40,7 @@ class CallRecord:
     queue_wait_s: float = float("nan")
     batch_sizes: list[int] = field(default_factory=list)
     error: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (app.timings), in-process calls only
 
 
 def service_caller(service, speaker: str | None = None, emotion: str = "neutral", stream: bool = False) -> Callable[[str], CallRecord]:
@@ -55,7 +58,8 @@ def service_caller(service, speaker: str | None = None, emotion: str = "neutral"
                 return CallRecord(text, time.monotonic() - t0, audio_s, first)
             res = service.submit(text, speaker, emotion)
             t = res.timings
-            return CallRecord(text, time.monotonic() - t0, t.audio_s, t.first_audio_s, t.queue_wait_s, t.batch_sizes)
+            return CallRecord(text, time.monotonic() - t0, t.audio_s, t.first_audio_s, t.queue_wait_s, t.batch_sizes,
+                              stages=dict(t.stages))
         except Exception as exc:  # recorded, not raised: a load run reports errors as a number
             return CallRecord(text, time.monotonic() - t0, error=f"{type(exc).__name__}: {exc}")
 
@@ -120,8 +124,11 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def summarize(records: Sequence[CallRecord], wall_s: float) -> dict[str, float]:
-    """p50/p95 latency, throughput in audio seconds per wall second, aggregate RTF, batch sizes, errors."""
+    """p50/p95 latency, throughput in audio seconds per wall second, aggregate RTF, batch sizes, errors, and each
+    stage's share of the time the requests spent in any stage (share_<stage>; NaN when the calls carry no split)."""
     ok = [r for r in records if r.error is None]
+    stage_s = {stage: sum(r.stages.get(stage, 0.0) for r in ok) for stage in REQUEST_STAGES}
+    staged_s = sum(stage_s.values())
     latencies = [r.latency_s for r in ok]
     audio_s = sum(r.audio_s for r in ok)
     sizes = list(itertools.chain.from_iterable(r.batch_sizes for r in ok))
@@ -137,6 +144,7 @@ def summarize(records: Sequence[CallRecord], wall_s: float) -> dict[str, float]:
         "mean_batch_size": statistics.fmean(sizes) if sizes else float("nan"),
         "audio_s": audio_s,
         "wall_s": wall_s,
+        **{f"share_{stage}": seconds / staged_s if staged_s else float("nan") for stage, seconds in stage_s.items()},
     }
 
 

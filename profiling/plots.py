@@ -6,6 +6,8 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
+from app.spans import REQUEST_STAGES
+
 PANEL_HEIGHT_PX = 260  # live side-panel charts
 COMPARISON_HEIGHT_PX = 300  # comparison charts: room for three-line setting labels under the bars
 NO_DATA = "no data yet"
@@ -29,7 +31,14 @@ COLORS = {
     "peak_torch_allocated_mib": "#2ca02c",
     "peak_torch_reserved_mib": "#ff7f0e",
     "peak_vram_used_mib": "#1f77b4",
+    "capacity_concurrency": "#9467bd",
 }
+# One colour per stage (app.spans.REQUEST_STAGES), the same in every stage chart.
+STAGE_COLORS = {
+    "frontend": "#8c564b", "queue": "#c7c7c7", "encoder": "#17becf", "decoder": "#d62728", "postnet": "#ff9896",
+    "pipeline": "#bcbd22", "vocoder": "#1f77b4", "other": "#7f7f7f", "post": "#9467bd", "audio": "#2ca02c",
+}
+STAGE_BATCHES = 40  # the stage chart shows this many recent batches
 
 # (column, legend name, dash) for the device-memory chart, drawn in this order.
 MEMORY_TRACES = (
@@ -111,7 +120,8 @@ def batches_figure(batches_df: pd.DataFrame, samples_df: pd.DataFrame) -> go.Fig
 
 
 def comparison_figures(results_df: pd.DataFrame) -> dict[str, go.Figure]:
-    """Bar charts for a settings comparison: latency (p50/p95), throughput (with RTF), peak memory."""
+    """Bar charts for a settings comparison: latency (p50/p95), throughput (with RTF), peak memory, the share of
+    request time by stage, and the capacity under a p95 target (when searched)."""
     labels = _setting_labels(results_df)
 
     latency = _figure("Latency (s)", "seconds", height_px=COMPARISON_HEIGHT_PX)
@@ -137,8 +147,68 @@ def comparison_figures(results_df: pd.DataFrame) -> dict[str, go.Figure]:
         _add_bar(memory, labels, results_df, column, name)
     memory.update_layout(barmode="group")
 
+    stages = _figure("Share of request time by stage", "%", height_px=COMPARISON_HEIGHT_PX)
+    for stage in REQUEST_STAGES:
+        values = _values(results_df, f"share_{stage}")
+        if values is not None and (values > 0).any():
+            stages.add_trace(go.Bar(x=labels, y=100 * values, name=stage, marker_color=STAGE_COLORS[stage],
+                                    hovertemplate=f"%{{x}}<br>{stage}: %{{y:.1f}}%<extra></extra>"))
+    stages.update_layout(barmode="stack")
+
+    capacity = _figure("Capacity: most clients within the p95 target", "clients", height_px=COMPARISON_HEIGHT_PX)
+    values = _values(results_df, "capacity_concurrency")
+    if values is not None:
+        throughput_there = _column(results_df, "capacity_throughput_audio_s_per_s")
+        capacity.add_trace(go.Bar(
+            x=labels, y=values, name="clients", marker_color=COLORS["capacity_concurrency"],
+            text=["" if math.isnan(t) else f"{t:.1f} audio s/s" for t in throughput_there], textposition="auto",
+            hovertemplate="%{x}<br>%{y} clients within the target<extra></extra>",
+        ))
+
     return {name: fig if fig.data else _no_data(fig)
-            for name, fig in (("latency", latency), ("throughput", throughput), ("memory", memory))}
+            for name, fig in (("latency", latency), ("throughput", throughput), ("memory", memory), ("stages", stages),
+                              ("capacity", capacity))}
+
+
+def stage_figure(spans_df: pd.DataFrame) -> go.Figure:
+    """Where each recent batch's time went: one stacked bar per engine call, one colour per stage.
+
+    spans_df: one row per (batch, stage) with columns batch (label), stage, seconds and optional size, steps, frames
+    (the handlers build it from the service's span log).
+    """
+    fig = _figure("Stages per batch (s)", "seconds", uirevision="stages")
+    if spans_df is None or spans_df.empty or not {"batch", "stage", "seconds"} <= set(spans_df.columns):
+        return _no_data(fig)
+    order = list(dict.fromkeys(spans_df["batch"]))[-STAGE_BATCHES:]
+    shown = spans_df[spans_df["batch"].isin(order)]
+    for stage in [s for s in REQUEST_STAGES if s in set(shown["stage"])]:
+        rows = shown[shown["stage"] == stage].set_index("batch").reindex(order)
+        extra = "" if stage != "decoder" or "steps" not in rows else "<br>%{customdata[0]} steps, %{customdata[1]} frames"
+        fig.add_trace(go.Bar(
+            x=order, y=rows["seconds"], name=stage, marker_color=STAGE_COLORS.get(stage, "#7f7f7f"),
+            customdata=rows[["steps", "frames"]].fillna(0).astype(int).to_numpy() if extra else None,
+            hovertemplate=f"%{{x}}<br>{stage}: %{{y:.3f}} s{extra}<extra></extra>",
+        ))
+    fig.update_layout(barmode="stack", hovermode="closest")
+    fig.update_xaxes(type="category", ticksuffix="", showticklabels=len(order) <= 12)
+    return fig
+
+
+def stage_share_figure(share: dict[str, float], title: str = "Share of request time by stage") -> go.Figure:
+    """One 100% bar: each stage's share of the time requests spent (share: stage -> 0-1, e.g. app.timings.stage_share)."""
+    fig = _figure(title, "", height_px=150)
+    shown = {stage: share[stage] for stage in REQUEST_STAGES if share.get(stage, 0.0) > 0}
+    if not shown:
+        return _no_data(fig)
+    for stage, value in shown.items():
+        fig.add_trace(go.Bar(
+            x=[100 * value], y=[""], orientation="h", name=stage, marker_color=STAGE_COLORS.get(stage, "#7f7f7f"),
+            text=[f"{stage} {100 * value:.0f}%" if value >= 0.08 else ""], textposition="inside", insidetextanchor="middle",
+            hovertemplate=f"{stage}: %{{x:.1f}}%<extra></extra>",
+        ))
+    fig.update_layout(barmode="stack", showlegend=False, margin=dict(l=8, r=8, t=32, b=8))
+    fig.update_xaxes(range=[0, 100], ticksuffix="%")
+    return fig
 
 
 # -- helpers -------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ def test_health_is_json(app_url):
     checks = body["gpu_self_check"]  # every self-check skipped on CPU, saying why
     assert checks["graphs"]["status"] == "skipped" and "need CUDA" in checks["graphs"]["detail"]
     assert [e["status"] for e in checks["fp16"].values()] == ["skipped", "skipped"] and body["cuda_graphs_capture"] is None
+    assert set(body["stages"]) == {"last_request_s", "window_s", "window_requests", "window_share"}  # the per-request split
 
 
 def wav_seconds(path: str) -> float:
@@ -172,6 +173,54 @@ def test_page_in_headless_chromium(page_url, request):
         page.wait_for_timeout(2500)  # at least two panel ticks
         assert plot.inner_html() != first_plot, "the live panel did not update"
         page.screenshot(path=str(ARTIFACTS / f"app-{request.node.callspec.id}.png"), full_page=True)
+        browser.close()
+
+
+def test_panel_plots_each_batch_by_stage_and_the_share_of_time(engine):
+    from app.web.handlers import Handlers
+    from profiling.monitor import Monitor
+
+    svc = TTSService(engine, BatchSettings(max_batch_size=2)).start(warmup=False)
+    monitor = Monitor(interval_s=0.25, extra=svc.stats)
+    try:
+        handlers = Handlers(svc, monitor)
+        svc.submit("你好，欢迎使用。", "Aijia")
+        *_, stages, share, status = handlers.panel()
+    finally:
+        svc.close()
+    assert [t.name for t in stages.data] == ["frontend", "encoder", "decoder", "postnet", "vocoder", "other"]
+    frame = handlers.stages_frame()
+    assert frame.groupby("batch")["seconds"].sum().iloc[-1] == pytest.approx(svc.span_log[-1].wall_s)
+    assert {t.name for t in share.data} >= {"decoder", "vocoder"} and "In force" in status
+
+
+@pytest.mark.browser
+def test_record_trace_in_headless_chromium(app_url):
+    """Click "Record trace", speak meanwhile, and see the top-operators table and the trace's download link appear."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing but REQUIRE_BROWSER is set")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(app_url, wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Trace").click()
+        batches = page.get_by_label("Batches to trace")
+        batches.fill("1")
+        batches.press("Enter")
+        page.locator("#record-trace").click()
+        page.locator("#tts-text textarea").fill("今天天气很好，我们一起去公园散步吧。")  # traffic to trace
+        page.locator("#synthesize").click()
+        expect(page.locator("#trace-summary")).to_contain_text("Traced 1 batch", timeout=180_000)
+        expect(page.locator("#trace-ops")).to_contain_text("decoder", timeout=10_000)
+        expect(page.locator("#trace-ops")).to_contain_text("vocoder")
+        link = page.locator("#trace-file a[href]").first
+        expect(link).to_have_attribute("href", re.compile(r"\.json\.gz"), timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "app-trace.png"), full_page=True)
         browser.close()
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from app.service import TTSService
 from app.settings import BatchSettings
+from app.spans import REQUEST_STAGES
 from profiling.compare import COLUMNS, GridPoint, make_grid, run_grid
 from profiling.loadgen import CallRecord, load_workload, percentile, summarize
 from profiling.monitor import Monitor
@@ -61,6 +62,13 @@ def test_two_setting_grid_on_the_real_engine(engine, tmp_path):
     assert ok.iloc[0]["mcd_db"] < 0.5 and (ok["mcd_db"] < 2.0).all(), ok["mcd_db"].tolist()
     assert df.iloc[2:]["mcd_db"].isna().all()  # skipped rows measure nothing
     assert steps == [0, 1, 2, 3, 4]
+    # where the time went, per setting: the stage shares add up to one; 4 callers at max batch 1 wait in the queue
+    # behind each other, at max batch 4 they share one batch and the model's stages take the larger part
+    shares = ok[[f"share_{s}" for s in REQUEST_STAGES]]
+    assert (shares.sum(axis=1) - 1).abs().max() < 1e-6
+    assert (ok["share_decoder"] > 0).all() and (ok["share_vocoder"] > 0).all()
+    assert ok.iloc[0]["share_queue"] > ok.iloc[1]["share_queue"]
+    assert df["capacity_concurrency"].isna().all()  # no p95 target asked for: no search
     assert svc.settings.max_batch_size == 2  # restored afterwards
     path = tmp_path / "results.csv"
     df.to_csv(path, index=False)

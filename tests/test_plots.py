@@ -87,7 +87,8 @@ def test_batches_figure_marks_failed_batches() -> None:
 
 def test_comparison_figures() -> None:
     figs = plots.comparison_figures(_results())
-    assert set(figs) == {"latency", "throughput", "memory"}
+    assert set(figs) == {"latency", "throughput", "memory", "stages", "capacity"}
+    assert _says_no_data(figs["stages"]) and _says_no_data(figs["capacity"])  # neither measured in these rows
     assert _names(figs["latency"]) == ["p50", "p95"] and figs["latency"].layout.barmode == "group"
     assert _names(figs["throughput"]) == ["throughput"]
     assert list(figs["throughput"].data[0].text) == ["RTF 0.04", "RTF 0.17"]
@@ -103,9 +104,42 @@ def test_comparison_without_gpu_memory_says_no_data() -> None:
     assert _says_no_data(figs["memory"]) and _names(figs["latency"]) == ["p50", "p95"]
 
 
+def _stages() -> pd.DataFrame:
+    rows = [("#1 (1)", "frontend", 0.01, 1, 0, 0), ("#1 (1)", "decoder", 0.50, 1, 200, 200), ("#1 (1)", "vocoder", 0.30, 1, 0, 0),
+            ("#2 (8)", "frontend", 0.02, 8, 0, 0), ("#2 (8)", "decoder", 0.90, 8, 240, 1500), ("#2 (8)", "vocoder", 1.20, 8, 0, 0),
+            ("#2 (8)", "other", 0.01, 8, 0, 0)]
+    return pd.DataFrame(rows, columns=["batch", "stage", "seconds", "size", "steps", "frames"])
+
+
+def test_stage_figure_stacks_each_batch_by_stage_in_time_order() -> None:
+    fig = plots.stage_figure(_stages())
+    assert fig.layout.barmode == "stack" and _names(fig) == ["frontend", "decoder", "vocoder", "other"]
+    decoder = fig.data[1]
+    assert list(decoder.x) == ["#1 (1)", "#2 (8)"] and list(decoder.y) == [0.5, 0.9]
+    assert [list(c) for c in decoder.customdata] == [[200, 200], [240, 1500]]  # steps and frames in the hover
+    assert math.isnan(fig.data[3].y[0]) and fig.data[3].y[1] == 0.01  # a stage a batch lacks is a gap, not a shift
+    assert fig.data[1].marker.color == plots.STAGE_COLORS["decoder"]
+
+
+def test_stage_share_figure_is_one_bar_of_percentages() -> None:
+    fig = plots.stage_share_figure({"queue": 0.25, "decoder": 0.5, "vocoder": 0.25, "post": 0.0})
+    assert _names(fig) == ["queue", "decoder", "vocoder"] and [t.x[0] for t in fig.data] == [25.0, 50.0, 25.0]
+    assert fig.data[1].text[0] == "decoder 50%"
+    assert _says_no_data(plots.stage_share_figure({}))
+
+
+def test_comparison_stage_shares_and_capacity() -> None:
+    results = _results().assign(share_queue=[0.1, 0.6], share_decoder=[0.6, 0.3], share_vocoder=[0.3, 0.1],
+                                capacity_concurrency=[16, 2], capacity_throughput_audio_s_per_s=[30.0, math.nan])
+    figs = plots.comparison_figures(results)
+    assert _names(figs["stages"]) == ["queue", "decoder", "vocoder"] and list(figs["stages"].data[0].y) == [10.0, 60.0]
+    assert list(figs["capacity"].data[0].y) == [16, 2] and list(figs["capacity"].data[0].text) == ["30.0 audio s/s", ""]
+
+
 @pytest.mark.parametrize("empty", [pd.DataFrame(), pd.DataFrame(columns=list(SAMPLE_COLUMNS))])
 def test_empty_frames_never_raise(empty: pd.DataFrame) -> None:
     for fig in (plots.memory_figure(empty), plots.utilization_figure(empty), plots.batches_figure(empty, empty),
+                plots.stage_figure(empty), plots.stage_share_figure({}),
                 *plots.comparison_figures(empty).values()):
         assert _says_no_data(fig)
         fig.to_json()  # what Gradio does with it
@@ -122,6 +156,6 @@ def test_rows_with_only_nan_say_no_data() -> None:
 def test_figures_serialise() -> None:
     df = _samples()
     for fig in (plots.memory_figure(df), plots.utilization_figure(df),
-                plots.batches_figure(pd.DataFrame({"t": [T0], "size": [2]}), df),
+                plots.batches_figure(pd.DataFrame({"t": [T0], "size": [2]}), df), plots.stage_figure(_stages()),
                 *plots.comparison_figures(_results()).values()):
         assert fig.to_json()

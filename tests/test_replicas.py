@@ -146,10 +146,14 @@ def test_telemetry_sends_only_what_is_new_since_the_cursors():
         assert me.startswith("local-") and first["health"]["status"] == "ok" and first["health"]["worker_alive"]
         assert isinstance(first["engine"], EngineInfo) and first["engine"].name == "fake"
         assert first["batches"], "the start-up sentence is in the first batch log"
-        cursors = {me: (first["samples"][-1]["t"] if first["samples"] else 0.0, first["batches"][-1].t)}
+        assert first["spans"] and first["requests"], "the start-up sentence's stages and request too"
+        cursors = {me: (first["samples"][-1]["t"] if first["samples"] else 0.0, first["batches"][-1].t,
+                        first["spans"][-1].t, first["requests"][-1].finished_at)}
         run(replica.submit("新的一句。", "alice"))
         second = run(replica.telemetry(cursors))
         assert [b.size for b in second["batches"]] == [1]
+        assert [r.size for r in second["spans"]] == [1] and len(second["requests"]) == 1  # only what is new
+        assert second["requests"][0].stages["other"] > 0  # the fake marks no stage: its call is all OTHER
         assert all(row["t"] > cursors[me][0] for row in second["samples"])
         assert "queue_depth" in (second["samples"][-1] if second["samples"] else {"queue_depth": 0})
     finally:

@@ -115,8 +115,10 @@ def test_health_and_panel_list_every_replica(cluster):
     assert all(r["health"]["gpu_self_check"]["fp16"]["acoustic"]["status"] == "skipped" for r in body["replicas"])
     handlers = Handlers(cluster.client, cluster.monitor)
     assert handlers.status().count("**replica ") == 2
-    memory, _, batches, _ = handlers.panel()
+    memory, _, batches, stages, share, _ = handlers.panel()
     assert memory.data and batches.data  # the replicas' RSS and their batches reach the front's plots
+    assert {t.name for t in stages.data} >= {"decoder", "vocoder"} and share.data  # and their stage spans and splits
+    assert body["stages"]["window_requests"] > 0 and body["stages"]["window_share"]["decoder"] > 0
     frame = cluster.monitor.frame()
     assert len(frame) and frame["rss_mib"].iloc[-1] > 2 * 200  # two processes with a model each, added up
 

@@ -159,13 +159,15 @@ def operator_client(url: str) -> httpx.Client:
 
 
 SETTINGS_CHANGE = [False, 2, 40, True, False]  # fp16, max batch, max wait ms, clear cache, CUDA graphs
-COMPARISON = [["off"], ["2"], ["off"], 1, 1, 1, ["off"]]  # one setting, one text, one client
+COMPARISON = [["off"], ["2"], ["off"], 1, 1, 1, ["off"], False, 30]  # one setting, one text, one client, no capacity search
+TRACE = [1]  # record a trace of the next batch
 
 
 def test_visitor_settings_change_and_comparison_are_refused_on_the_server(shared_app):
     url, service = shared_app
     before, batches_before = service.settings, service.health()["batches_run"]
-    for api_name, data in (("apply_settings", SETTINGS_CHANGE), ("apply_settings_3", SETTINGS_CHANGE), ("compare", COMPARISON)):
+    for api_name, data in (("apply_settings", SETTINGS_CHANGE), ("apply_settings_3", SETTINGS_CHANGE), ("compare", COMPARISON),
+                           ("record_trace", TRACE)):
         answer = event(url, api_name, data)
         assert answer["success"] is False and OPERATOR_ONLY in answer["output"]["error"], (api_name, answer)
         assert "/operator" in answer["output"]["error"]

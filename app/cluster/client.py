@@ -25,6 +25,8 @@ from app.engines.base import NEUTRAL
 from app.errors import QueueFullError, SynthesisError, TTSInputError
 from app.service import Piece, Result, check_text, engine_fields, memory_figures
 from app.settings import BatchSettings, ServeSettings
+from app.spans import BatchSpans
+from app.timings import Timings, stage_health
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class ReplicaView:
     telemetry: dict  # the latest telemetry() answer, less its samples and batches
     samples: deque = field(default_factory=lambda: deque(maxlen=VIEW_SAMPLES))  # monitor rows, oldest first
     batches: deque = field(default_factory=lambda: deque(maxlen=VIEW_BATCHES))  # BatchRecords, oldest first
+    spans: deque = field(default_factory=lambda: deque(maxlen=VIEW_BATCHES))  # BatchSpans (stages per call), oldest first
+    requests: deque = field(default_factory=lambda: deque(maxlen=VIEW_BATCHES))  # finished requests' Timings, oldest first
     seen_at: float = 0.0  # time.time() of the latest answer
 
     @property
@@ -52,9 +56,10 @@ class ReplicaView:
         t = self.telemetry
         return f"{t['node_id']}/{','.join(t['gpu_ids']) or 'cpu'}"
 
-    def cursors(self) -> tuple[float, float]:
-        """(last sample time, last batch time) seen: the replica sends only what is newer."""
-        return (self.samples[-1]["t"] if self.samples else 0.0, self.batches[-1].t if self.batches else 0.0)
+    def cursors(self) -> tuple[float, float, float, float]:
+        """(last sample, batch, span record, request time) seen: the replica sends only what is newer."""
+        return (self.samples[-1]["t"] if self.samples else 0.0, self.batches[-1].t if self.batches else 0.0,
+                self.spans[-1].t if self.spans else 0.0, self.requests[-1].finished_at if self.requests else 0.0)
 
 
 class ReplicaClient:
@@ -207,10 +212,13 @@ class ReplicaClient:
                 if isinstance(answer, BaseException):  # a replica dying mid-poll: it drops out below
                     continue
                 samples, batches = answer.pop("samples"), answer.pop("batches")
+                spans, requests = answer.pop("spans", ()), answer.pop("requests", ())
                 view = self._views.setdefault(answer["replica"], ReplicaView(answer["replica"], answer))
                 view.telemetry, view.seen_at = answer, now
                 view.samples.extend(samples)
                 view.batches.extend(batches)
+                view.spans.extend(spans)
+                view.requests.extend(requests)
             stale = [r for r, v in self._views.items() if now - v.seen_at > STALE_AFTER_POLLS * self.cluster.poll_s]
             for replica in stale:  # replaced replicas leave the panel
                 del self._views[replica]
@@ -234,6 +242,16 @@ class ReplicaClient:
     def batch_log(self) -> list[BatchRecord]:
         """Every replica's recent engine calls, merged in time order."""
         return sorted((b for v in self.views() for b in v.batches), key=lambda b: b.t)
+
+    @property
+    def span_log(self) -> list[BatchSpans]:
+        """Every replica's recent engine calls' stages, merged in time order (the front's stage chart)."""
+        return sorted((s for v in self.views() for s in v.spans), key=lambda s: s.t)
+
+    @property
+    def request_log(self) -> list[Timings]:
+        """Every replica's recently finished requests with their per-stage split, merged in time order."""
+        return sorted((t for v in self.views() for t in v.requests), key=lambda t: t.finished_at)
 
     def stats(self) -> dict[str, float]:
         views = self.views()
@@ -264,6 +282,7 @@ class ReplicaClient:
             "requests_retried": self.retried,
             "uptime_s": round(time.time() - self.started_at, 1),
             "memory": memory_figures(),  # the front's own
+            "stages": stage_health(self.request_log),  # over every replica's requests
             "replicas_wanted": self.cluster.replicas,
             "replicas": [_replica_entry(v) for v in views],
         }

@@ -149,10 +149,12 @@ class TTSReplica:
                 await self.apply_settings(version, settings)
 
     async def telemetry(self, cursors: dict[str, tuple[float, float]] | None = None) -> dict:
-        """Identity, health, settings version, engine snapshot, and the monitor samples and batches newer than this
-        replica's cursors (the times of the last sample and batch the front has; a first poll gets the panel's window)."""
+        """Identity, health, settings version, engine snapshot, and the monitor samples, batches, stage spans and
+        finished requests newer than this replica's cursors (the times of the last of each the front has, in that
+        order; a first poll, or a cursor it lacks, gets the panel's window)."""
         first = time.time() - TELEMETRY_WINDOW_S
-        samples_since, batches_since = (cursors or {}).get(self.identity["replica"], (first, first))
+        cursor = tuple((cursors or {}).get(self.identity["replica"], ()))
+        samples_since, batches_since, spans_since, requests_since = cursor + (first,) * (4 - len(cursor))
         return {
             **self.identity,
             "startup_s": self.startup_s,
@@ -163,6 +165,8 @@ class TTSReplica:
             "device_name": self.monitor.device_name,
             "samples": self.monitor.frame(since=samples_since).to_dict("records"),
             "batches": [b for b in self.service.batch_log if b.t > batches_since],
+            "spans": self.service.spans.records(since=spans_since),
+            "requests": [t for t in self.service.request_log if t.finished_at > requests_since],
         }
 
     def close(self) -> None:

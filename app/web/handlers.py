@@ -15,11 +15,14 @@ from app.engines.base import EMOTION_KIND_INFO, EMOTIONS_NONE, EngineBase
 from app.engines.self_check import failures
 from app.errors import QueueFullError, SynthesisError, TTSInputError
 from app.service import TTSService
+from app.timings import stage_share
 from app.web.roles import Access, caller_key, operator_only
 from profiling import plots
+from profiling.capacity import check_slo
 from profiling.compare import make_grid, run_grid
 from profiling.loadgen import load_workload
 from profiling.monitor import Monitor
+from profiling.trace import TraceBusyError, TraceRecorder
 
 PANEL_WINDOW_S = 120.0  # the live plots show the last two minutes
 
@@ -55,6 +58,7 @@ class Handlers:
         self.streaming = streaming  # stream sentence by sentence (the page's audio player needs ffmpeg for it)
         self.workload = workload or load_workload()
         self.access = access or Access()  # who may tune the server (@operator_only handlers check it); default: local
+        self.tracer = TraceRecorder(service)  # one recording at a time, over the next batches
 
     # --- speech ------------------------------------------------------------------------------------
     def speak(self, text: str, speaker: str, emotion: str, speed: float = 1.0, pitch: float = 0.0,
@@ -98,13 +102,29 @@ class Handlers:
         log = self.service.batch_log
         return pd.DataFrame({"t": [b.t for b in log], "size": [b.size for b in log], "ok": [b.ok for b in log]})
 
+    def stages_frame(self) -> pd.DataFrame:
+        """One row per (recent engine call, stage): the stage chart's data, OTHER included so a bar is the call's wall."""
+        rows, labels = [], set()
+        for record in self.service.span_log[-plots.STAGE_BATCHES:]:
+            label = f"#{record.batch_id} ({record.size})" + ("" if record.ok else " failed")
+            while label in labels:  # replicas number their batches each from 0
+                label += "'"
+            labels.add(label)
+            for stage, seconds in record.totals().items():
+                steps = sum(s.steps for s in record.spans if s.stage == stage)
+                frames = sum(s.frames for s in record.spans if s.stage == stage)
+                rows.append((label, stage, seconds, record.size, steps, frames))
+        return pd.DataFrame(rows, columns=["batch", "stage", "seconds", "size", "steps", "frames"])
+
     def panel(self):
         """The live figures and a one-line status (called by the timer, never queued)."""
         samples = self.monitor.frame(since=time.time() - PANEL_WINDOW_S)
         batches = self.batches_frame()
         if len(batches):
             batches = batches[batches["t"] >= time.time() - PANEL_WINDOW_S]
-        return (plots.memory_figure(samples), plots.utilization_figure(samples), plots.batches_figure(batches, samples), self.status())
+        recent = [t for t in self.service.request_log if t.finished_at >= time.time() - PANEL_WINDOW_S]
+        return (plots.memory_figure(samples), plots.utilization_figure(samples), plots.batches_figure(batches, samples),
+                plots.stage_figure(self.stages_frame()), plots.stage_share_figure(stage_share(recent)), self.status())
 
     def status(self) -> str:
         h = self.service.health()
@@ -134,11 +154,17 @@ class Handlers:
 
     @operator_only
     def compare(self, fp16: list[str], batch: list[str], clear: list[str], concurrency: float, repeats: float, n_texts: float,
-                graphs: list[str] | None = None, progress=gr.Progress()):
-        """Run the grid on the resident service; return the table, three charts and a CSV file."""
+                graphs: list[str] | None = None, find_capacity: bool = False, slo_p95_s: float | None = None,
+                progress=gr.Progress()):
+        """Run the grid on the resident service (and each setting's capacity under a p95 target if asked);
+        return the table, five charts and a CSV file."""
         graphs = graphs if graphs is not None else ["off"]
         if not (fp16 and batch and clear and graphs):
             raise gr.Error("pick at least one value in each of FP16, batch size, cache clearing and CUDA graphs")
+        try:
+            slo = check_slo(slo_p95_s) if find_capacity else None
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
         points = make_grid([v == "on" for v in fp16], sorted(int(b) for b in batch), [v == "on" for v in clear],
                            [v == "on" for v in graphs])
         texts = self.workload[: int(n_texts)]
@@ -146,9 +172,23 @@ class Handlers:
         def report(i: int, n: int, label: str) -> None:
             progress((i, n), desc=f"setting {min(i + 1, n)}/{n}: {label}")
 
-        df = run_grid(self.service, self.monitor, points, texts, int(concurrency), int(repeats), report)
+        df = run_grid(self.service, self.monitor, points, texts, int(concurrency), int(repeats), report, slo_p95_s=slo)
         path = tempfile.NamedTemporaryFile(prefix="tts-compare-", suffix=".csv", delete=False).name
         df.to_csv(path, index=False)
         figs = plots.comparison_figures(df)
         shown = df.round(3)
-        return shown, figs["latency"], figs["throughput"], figs["memory"], path
+        return shown, figs["latency"], figs["throughput"], figs["memory"], figs["stages"], figs["capacity"], path
+
+    @operator_only
+    def record_trace(self, batches: float = 5):
+        """Trace the next N batches with torch.profiler; return the summary, the top operators by stage and the file."""
+        try:
+            result = self.tracer.record(batches)
+        except (ValueError, TraceBusyError) as exc:
+            raise gr.Error(str(exc)) from None
+        if not result.records:
+            raise gr.Error(result.summary())
+        table = result.ops.round({"self_ms": 2, "share_of_stage": 3})
+        if not (table["kind"] == "GPU kernel").any():  # a CPU trace: every row is a host op
+            table = table.drop(columns="kind")
+        return result.summary(), table, result.path

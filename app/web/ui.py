@@ -9,7 +9,9 @@ from app.web.handlers import Handlers, emotion_choices, emotion_info, ffmpeg_ava
 from app.web.roles import OPERATOR_PATH, Access
 from app.service import TTSService
 from app.settings import PITCH_RANGE_ST, SPEED_RANGE, VOLUME_RANGE_DB, ServeSettings
+from profiling.capacity import default_slo_p95_s
 from profiling.monitor import Monitor
+from profiling.trace import DEFAULT_BATCHES, MAX_BATCHES
 
 
 PANEL_REFRESH_S = 1.0
@@ -45,6 +47,8 @@ def build_ui(service: TTSService, monitor: Monitor, streaming: bool | None = Non
                         plots = _live_tab(h, status, tunes, note)
                     with gr.Tab("Compare"):
                         _compare_tab(h, tunes, note)
+                    with gr.Tab("Trace"):
+                        _trace_tab(h, tunes, note)
         timer = gr.Timer(PANEL_REFRESH_S)
         for event in (timer.tick, demo.load):
             event(h.panel, None, [*plots, status], queue=False, show_progress="hidden", api_visibility="private")
@@ -89,7 +93,8 @@ def _live_tab(h: Handlers, status: gr.Markdown, tunes: bool = True, note: str | 
     """Live plots and the live settings (disabled, with the reason, where this page may not tune); returns the plots
     the panel timer refreshes."""
     engine, settings = h.service.engine, h.service.settings
-    plots = [gr.Plot(label="Memory", elem_id="memory-plot"), gr.Plot(label="Utilization"), gr.Plot(label="Batches")]
+    plots = [gr.Plot(label="Memory", elem_id="memory-plot"), gr.Plot(label="Utilization"), gr.Plot(label="Batches"),
+             gr.Plot(label="Stages per batch", elem_id="stage-plot"), gr.Plot(label="Share by stage", elem_id="stage-share")]
     if note:
         gr.Markdown(note, elem_id="settings-note")
     with gr.Group():
@@ -128,12 +133,36 @@ def _compare_tab(h: Handlers, tunes: bool = True, note: str | None = None) -> No
         concurrency = gr.Slider(1, 32, value=8, step=1, label="Concurrency", interactive=tunes)
         repeats = gr.Slider(1, 5, value=1, step=1, label="Repeats", interactive=tunes)
         n_texts = gr.Slider(1, len(h.workload), value=len(h.workload), step=1, label="Texts", interactive=tunes)
+    with gr.Row():
+        find_capacity = gr.Checkbox(value=False, label="Also find capacity: most clients (1, 2, 4 ... 64) within a p95 target",
+                                    interactive=tunes)
+        slo = gr.Number(value=default_slo_p95_s(h.service.engine.device), minimum=0.01, label="p95 target (s)", interactive=tunes)
     run = gr.Button("Run comparison", elem_id="run-compare", interactive=tunes)
     table = gr.Dataframe(label="Results", interactive=False)
-    lat_plot, thr_plot, mem_plot = gr.Plot(), gr.Plot(), gr.Plot()
+    lat_plot, thr_plot, mem_plot, stage_plot, capacity_plot = gr.Plot(), gr.Plot(), gr.Plot(), gr.Plot(), gr.Plot()
     csv = gr.File(label="CSV")
-    run.click(h.compare, [grid_fp16, grid_batch, grid_clear, concurrency, repeats, n_texts, grid_graphs],
-              [table, lat_plot, thr_plot, mem_plot, csv], concurrency_limit=1, api_visibility="private")
+    run.click(h.compare, [grid_fp16, grid_batch, grid_clear, concurrency, repeats, n_texts, grid_graphs, find_capacity, slo],
+              [table, lat_plot, thr_plot, mem_plot, stage_plot, capacity_plot, csv], concurrency_limit=1, api_visibility="private")
+
+
+def _trace_tab(h: Handlers, tunes: bool = True, note: str | None = None) -> None:
+    """Record a torch.profiler trace of the next batches (an operator's action: it slows serving while it records):
+    top operators by stage, launch figures, the trace file."""
+    if note:
+        gr.Markdown(note)
+    gr.Markdown("Attaches torch.profiler to the batch worker for the next N batches (send requests meanwhile), then "
+                "shows the top operators of each stage, the kernel launches and host op calls per decoded frame, and a "
+                "Chrome/Perfetto trace to download (open it at ui.perfetto.dev). One recording at a time; it ends by "
+                "itself after N batches or two minutes.")
+    with gr.Row():
+        n = gr.Number(value=DEFAULT_BATCHES, minimum=1, maximum=MAX_BATCHES, precision=0, label="Batches to trace")
+        record = gr.Button("Record trace", elem_id="record-trace", interactive=tunes)
+    summary = gr.Markdown(elem_id="trace-summary")
+    table = gr.Dataframe(label="Top operators by stage", interactive=False, elem_id="trace-ops", max_height=1400,
+                         show_search="filter")
+    file = gr.File(label="Trace (.json.gz)", elem_id="trace-file")
+    # Two at once reach the handler, so a second click is refused with the reason instead of waiting in line.
+    record.click(h.record_trace, [n], [summary, table, file], concurrency_limit=2, concurrency_id="trace", api_visibility="private")
 
 
 def _add_health_route(demo: gr.Blocks, service: TTSService) -> None:

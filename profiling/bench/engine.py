@@ -2,10 +2,12 @@
 
 python -m profiling.bench.engine --device cuda --precision fp32,fp16,bf16,fp16/bf16 --decoder graphs,dynamic --batch 1,8,32
 python -m profiling.bench.engine --device cpu --decoder dynamic,static,compiled --batch 1,8     (issue 11, item 6)
+python -m profiling.bench.engine --device cpu --batch 1,8 --spans on,off --repeat 2   (the cost of the stage spans)
 
 precision: ACOUSTIC[/VOCODER] (fp32, fp16, bf16; the vocoder defaults to the engine's HALF_PRECISION table).
 decoder: dynamic (today's loop), graphs (static step replayed as CUDA graphs), static (the static step run eagerly),
-compiled (static step through torch.compile; a CPU experiment). Every row also says how far its audio is from the
+compiled (static step through torch.compile; a CPU experiment). spans: on records each call's stages as the service's
+worker does (app.spans), off runs the engine bare; --repeat interleaves the cells that many times. Every row also says how far its audio is from the
 FP32 dynamic reference of the same sentences and seeds (MCD dB, share of items whose frame count changed,
 non-finite items), so the fastest precision that stays right can be chosen per module.
 On a machine without phkit (a bare GPU box), pass --symbols FILE made here with --export-symbols FILE.
@@ -13,6 +15,7 @@ On a machine without phkit (a bare GPU box), pass --symbols FILE made here with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import statistics
 import sys
@@ -79,11 +82,16 @@ def set_precision(engine, spec: str) -> str:
     return engine.set_precision(True)
 
 
-def run_cell(engine, utts, size: int, monitor, reference) -> dict:
-    """Warm up at this shape, then time the whole workload in batches of `size`; one flat row."""
+def run_cell(engine, utts, size: int, monitor, reference, spans: bool = False) -> dict:
+    """Warm up at this shape, then time the whole workload in batches of `size`; one flat row.
+
+    spans: record each engine call's stages (app.spans) as the service's batch worker does."""
     import torch
 
+    from app.spans import SpanRing
     from profiling.quality import quality_summary
+
+    ring = SpanRing()
 
     cuda = engine.device.startswith("cuda")
     engine.synthesize(utts[:size])
@@ -94,7 +102,8 @@ def run_cell(engine, utts, size: int, monitor, reference) -> dict:
     t_wall, t_start = time.time(), time.monotonic()
     for i in range(0, len(utts), size):
         t = time.monotonic()
-        out = engine.synthesize(utts[i : i + size])  # returns host arrays: synchronised
+        with ring.batch(i, size, engine.device) if spans else contextlib.nullcontext():
+            out = engine.synthesize(utts[i : i + size])  # returns host arrays: synchronised
         waves += out
         if size == 1:
             per_sentence_rtf.append((time.monotonic() - t) / (len(out[0]) / engine.sample_rate))
@@ -121,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", help="comma list of fp32 or ACOUSTIC[/VOCODER], e.g. fp32,fp16,bf16/bf16")
     p.add_argument("--decoder", default="dynamic", help=f"comma list of {', '.join(DECODERS)}")
     p.add_argument("--batch", default="1,2,4,8")
+    p.add_argument("--spans", default="off", help="comma list of on, off: record the stage spans around each call")
+    p.add_argument("--repeat", type=int, default=1, help="run every cell this many times, interleaved")
     p.add_argument("--texts", default=str(WORKLOAD_FILE))
     p.add_argument("--speaker", help="voice for every sentence (default: the engine's default voice)")
     p.add_argument("--symbols", help="precomputed symbol ids (JSON) instead of phkit")
@@ -176,17 +187,19 @@ def main(argv: list[str] | None = None) -> int:
                     record({"asked": spec, "precision": precision, "decoder": decoder, "status": f"skipped: {detail}",
                             "self_check": self_check_summary(engine)})
                     continue
-                for size in [int(b) for b in args.batch.split(",")]:
+                for size, spans, rep in [(int(b), s.strip() == "on", r) for r in range(args.repeat)
+                                         for b in args.batch.split(",") for s in args.spans.split(",")]:
                     try:
-                        row = {"asked": spec, "precision": precision, "decoder": decoder,
-                               **run_cell(engine, utts, size, monitor, reference)}
+                        row = {"asked": spec, "precision": precision, "decoder": decoder, "spans": spans, "repeat": rep,
+                               **run_cell(engine, utts, size, monitor, reference, spans)}
                     except Exception as exc:
                         record({"asked": spec, "precision": precision, "decoder": decoder, "batch": size,
                                 "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
                         continue
                     row.update(setup_s=round(setup_s, 2), detail=detail, self_check=self_check_summary(engine), status="ok")
                     record(row)
-                    print(f"{precision} {decoder} batch {size}: {row['throughput_audio_s_per_s']:.1f} audio s/s", file=sys.stderr, flush=True)
+                    print(f"{precision} {decoder} batch {size} spans {'on' if spans else 'off'}: "
+                          f"{row['throughput_audio_s_per_s']:.1f} audio s/s", file=sys.stderr, flush=True)
     finally:
         if monitor is not None:
             monitor.close()
@@ -196,11 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         base = ok_rows[ok_rows["batch"] == 1].groupby(["asked", "decoder"])["throughput_audio_s_per_s"].first()
         df["speedup_vs_b1"] = [r.throughput_audio_s_per_s / base.get((r.asked, r.decoder), float("nan"))
                                if r.status == "ok" else float("nan") for r in df.itertuples()]
-    shown = [c for c in ["asked", "precision", "decoder", "batch", "throughput_audio_s_per_s", "rtf", "rtf_b1_median", "speedup_vs_b1",
+    shown = [c for c in ["asked", "precision", "decoder", "batch", "spans", "repeat", "throughput_audio_s_per_s", "rtf", "rtf_b1_median", "speedup_vs_b1",
                          "peak_cuda_allocated_mib", "peak_vram_used_mib", "mean_gpu_util_pct", "mcd_db", "frames_changed_share",
                          "nonfinite_items", "setup_s", "status"] if c in df]
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         print(df[shown].to_string(index=False))
+        ok_rows = df[df["status"] == "ok"] if "status" in df else df
+        if "spans" in ok_rows and ok_rows["spans"].nunique() > 1:  # the spans' cost: on / off, medians over repeats
+            medians = ok_rows.groupby(["precision", "decoder", "batch", "spans"])["throughput_audio_s_per_s"].median().unstack()
+            medians["on_over_off"] = medians[True] / medians[False]
+            print("\nThroughput (audio s/s), median over repeats, spans off / on:\n" + medians.to_string())
     name = torch.cuda.get_device_name() if engine.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     details = sorted({r["detail"] for r in rows if r.get("decoder") == "graphs" and "detail" in r})
     print(f"\nembedded engine on {engine.device} ({name}); load {load_s:.2f} s; {len(utts)} sentences from {len(texts)} texts; "

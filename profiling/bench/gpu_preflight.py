@@ -24,6 +24,7 @@ SECTION_IMPORTS = (
     "app.service", "app.settings", "profiling.monitor", "profiling.quality", "profiling.compare", "profiling.loadgen",
     "tests.fixtures.sambert_writer", "tests.conftest", "tests.test_static_decoding", "tests.test_self_check",
     "tests.test_compare", "tests.test_engine_embedded", "tests.test_embedded_dropout", "tests.test_sambert_batch", "pynvml",
+    "profiling.trace", "profiling.trace_report", "app.spans", "tests.test_spans", "tests.test_trace",
 )
 
 

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from app import spans
 from app.engines import precision
 from app.engines.base import EMOTIONS_RULES, WARMUP_TEXT, EngineBase, Utterance
 from app.engines.embedded.dropout import item_keys
@@ -158,7 +159,9 @@ class EmbeddedEngine(EngineBase):
         """Run the acoustic model on a batch: one (80, frames) FP32 mel per item, and whether its gate fired.
 
         dynamic: decode with the dynamic loop even when the static decoder is in force (the self-check's reference)."""
+        spans.mark("frontend")
         ids = [self.symbol_ids(u.text) for u in batch]
+        spans.mark("encoder")  # inputs and dropout streams to tensors, then the text encoder (Tacotron.infer)
         limits = [max_frames(len(i)) for i in ids]
         dtype = self._acoustic.embedding.weight.dtype
         padded = torch.zeros(len(batch), max(map(len, ids)), dtype=torch.long)
@@ -182,6 +185,7 @@ class EmbeddedEngine(EngineBase):
             raise RuntimeError("EmbeddedEngine.synthesize called before load()")
         with self._lock, torch.inference_mode():
             mels, _ = self.synthesize_mels(batch)
+            spans.mark("vocoder")  # ends with the audio's copy to the host: the batch's one final sync
             rows = CUDA_VOCODER_ROWS if self.device.startswith("cuda") else 1  # CPU: small working set is fastest
             dtype = self._vocoder.pre.weight.dtype
             return [a.float().cpu().numpy() for a in self._vocoder.vocode_many([m.to(dtype) for m in mels], max_rows=rows)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app import spans
 from app.engines import cuda_graphs
 from app.engines.embedded.dropout import prenet_masks, unit_offsets
 from app.engines.embedded.tacotron import GATE_THRESHOLD, N_MELS, PRENET_DROPOUT, Tacotron
@@ -124,6 +125,7 @@ class StaticTacotronDecoder:
             mel[:, c * k : (c + 1) * k].copy_(b.mel)
             if bool(b.all_done):  # the one host read per chunk
                 break
+        spans.annotate(steps=(c + 1) * k)  # chunks replayed, padding steps included
         frame_lengths = b.length[:n].tolist()
         stopped = b.stopped[:n].tolist()
         return mel[:n, : max(frame_lengths)].transpose(1, 2), frame_lengths, stopped

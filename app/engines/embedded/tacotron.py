@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from app import spans
 from app.engines.embedded.dropout import prenet_masks, unit_offsets
 
 N_MELS = 80  # mel bands per frame
@@ -201,10 +202,13 @@ class Tacotron(nn.Module):
         """
         memory = self.encode(ids, lengths, speakers)
         processed = self.memory_layer(memory)
+        spans.mark("decoder")
         decoded = static.decode(memory, processed, lengths, keys, limits) if static is not None else None
         if decoded is None:
             decoded = self._decode_dynamic(memory, processed, lengths, keys, limits, check_every)
         mel, frame_lengths, stopped = decoded
+        spans.annotate(frames=sum(frame_lengths))
+        spans.mark("postnet")
         return self.postnet_residual(mel, torch.tensor(frame_lengths, device=ids.device)), frame_lengths, stopped
 
     def _decode_dynamic(
@@ -257,4 +261,5 @@ class Tacotron(nn.Module):
                 memory, processed, pad_mask = memory[idx, :span], processed[idx, :span], pad_mask[idx, :span]
                 ah, ac, dh, dc, aw, awc, ctx = (t[idx] for t in state)
                 state = (ah, ac, dh, dc, aw[:, :span], awc[:, :span], ctx)
+        spans.annotate(steps=last_check)  # iterations run: the loop ends at a check
         return mel[:, : max(frame_lengths)].transpose(1, 2), frame_lengths, stopped

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from app import spans
 from app.audio import wav_bytes_to_float32
 from app.engines.base import EMOTIONS_TRAINED, NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
 from app.engines.modelscope.deps import pipeline_device, preflight, restore_scipy_kaiser
@@ -152,6 +153,7 @@ class ModelScopeEngine(EngineBase):
         """Run each (checked) utterance through the pipeline in turn; the seed is unused (the pipeline is deterministic)."""
         if self._pipe is None:
             raise SynthesisError("the modelscope engine is not loaded; call load() first")
+        spans.mark("pipeline")  # its own frontend, acoustic model and vocoder in one opaque call per sentence
         out = []
         for u in batch:
             audio, rate = self._run(u.text, u.speaker, u.emotion)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app import spans
 from app.engines.sambert.config import AcousticConfig
 from app.engines.sambert.decoder import MelDecoder
 from app.engines.sambert.layers import (
@@ -211,9 +212,11 @@ class SambertAcoustic(nn.Module):
         r = self.config.outputs_per_step
         steps_per_item = (frame_counts + r - 1) // r
         memory = memory.to(dtype)
+        spans.mark("decoder")
         dec = static.decode(memory, steps_per_item, band) if static is not None else None
         if dec is None:
             dec = self.mel_decoder(memory, steps_per_item, band)  # (B, steps, r * mels)
+        spans.mark("postnet")
         dec = dec.reshape(dec.size(0), -1, self.config.num_mels)
         mask = pad_mask(frame_counts, dec.size(1))
         dec = dec.masked_fill(mask.unsqueeze(-1), 0.0)

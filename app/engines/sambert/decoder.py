@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app import spans
 from app.engines.sambert.config import AcousticConfig
 from app.engines.sambert.layers import ConvFeedForward, masked_attention, prenet, run_prenet
 
@@ -58,6 +59,7 @@ class MelDecoder(nn.Module):
         """
         dec = self.mel_dec
         batch, n_steps, _ = memory.shape
+        spans.annotate(steps=n_steps)
         device = memory.device
         max_band = int(band.max())
         h_keys, h_values = self.memory_keys(memory)

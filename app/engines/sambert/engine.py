@@ -6,6 +6,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from app import spans
 from app.engines import precision
 from app.engines.base import EMOTIONS_TRAINED, NEUTRAL, WARMUP_TEXT, EngineBase, Utterance
 from app.engines.sambert.folder import ModelFolderError, read_catalog
@@ -196,6 +197,7 @@ class SambertEngine(EngineBase):
 
         if not self._voices:
             raise RuntimeError("SambertEngine.synthesize called before load()")
+        spans.mark("frontend")
         out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(batch)  # unpronounceable items stay empty
         groups: dict[str, list[tuple[int, SymbolItem]]] = {}
         for index, u in enumerate(batch):

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from app import spans
 from app.engines.precision import DTYPES, cast
 from app.engines.sambert.acoustic import AcousticInput, SambertAcoustic
 from app.engines.sambert.controls import apply_gain, pitch_affine
@@ -150,9 +151,12 @@ class SambertVoice:
         """Run one batch; item i's result equals what it gives alone (up to float rounding)."""
         if not items:
             return []
+        spans.mark("encoder")  # symbols to tensors, text encoder, variance adaptor, length regulator
         batch = self.encode(items)
         out = self.acoustic.infer(batch, decoder_dtype=self.decoder_dtype, static=self.static)
         counts = out.frame_counts.cpu().numpy()
+        spans.annotate("decoder", frames=int(counts.sum()))
+        spans.mark("vocoder")  # ends with every result copied to the host
         waves = self._vocode(out.mel.to(self.vocoder_dtype), counts)
         mel = out.mel.float().cpu().numpy()
         lengths = batch.lengths.cpu().numpy()

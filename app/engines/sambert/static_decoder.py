@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app import spans
 from app.engines import cuda_graphs
 from app.engines.sambert.decoder import MelDecoder, layer_out, layer_qkv
 from app.engines.sambert.layers import masked_attention
@@ -114,6 +115,7 @@ class StaticPncaDecoder:
         for c in range(chunks):
             self.graphs.run(key)
             out[:, c * k : (c + 1) * k].copy_(b.out)
+        spans.annotate(steps=chunks * k)  # chunks replayed, padding steps included
         return out[:n, :n_steps]
 
     def _load(self, b: _Buffers, memory: torch.Tensor, steps: torch.Tensor, band: torch.Tensor) -> None:
