@@ -214,7 +214,8 @@ def test_the_cli_traces_the_workload_and_writes_its_tables(tmp_path):
     texts.write_text("\n".join(TEXTS[:2]), encoding="utf8")
     out = tmp_path / "trace.csv"
     proc = subprocess.run([sys.executable, "-m", "profiling.trace", "--device", "cpu", "--batch", "2", "--batches", "1",
-                           "--texts", str(texts), "--no-warmup", "--trace-dir", str(tmp_path / "traces"), "--out", str(out)],
+                           "--texts", str(texts), "--no-warmup", "--trace-dir", str(tmp_path / "traces"), "--out", str(out),
+                           "--ops-out", str(tmp_path / "trace-ops.csv")],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import pandas as pd
