@@ -10,7 +10,7 @@ import time
 import warnings
 
 from app.errors import EngineUnavailableError, SynthesisError, TTSInputError
-from app.settings import (ENGINE_NAMES, PITCH_RANGE_ST, SPEED_RANGE, VOLUME_RANGE_DB, BatchSettings, EngineSettings,
+from app.settings import (ENGINE_NAMES, PITCH_RANGE_ST, RUNTIMES, SPEED_RANGE, VOLUME_RANGE_DB, BatchSettings, EngineSettings,
                           ServeSettings, check_controls)
 
 log = logging.getLogger("launch")
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--clear-cache", action=argparse.BooleanOptionalAction, default=False, help="empty the CUDA cache after every batch")
     b.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=BatchSettings.cuda_graphs,
                    help="decode by replaying CUDA graphs captured at start-up (CUDA only; off: the dynamic loop)")
+    b.add_argument("--runtime", choices=RUNTIMES, default=BatchSettings.runtime,
+                   help="what runs the vocoder: torch, or onnxruntime (exported once; pip install -r requirements-onnx.txt)")
     s = p.add_argument_group("serving")
     s.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to bind (0.0.0.0 for all)")
     s.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -79,7 +81,7 @@ def settings_from(args: argparse.Namespace) -> tuple[EngineSettings, BatchSettin
         emotions = parse_emotions_option(args.emotions)
     engine = EngineSettings(name=args.engine, model=args.model, device=args.device, emotions=emotions)
     batch = BatchSettings(fp16=args.fp16, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, clear_cache=args.clear_cache,
-                          cuda_graphs=args.cuda_graphs)
+                          cuda_graphs=args.cuda_graphs, runtime=args.runtime)
     serve = ServeSettings(queue_size=args.queue_size, max_chars=args.max_chars, host=args.host, port=args.port, share=args.share, auth=auth,
                           post_workers=args.post_workers, admin=admin, max_queued_per_client=args.max_queued_per_client)
     return engine, batch, serve
@@ -172,6 +174,7 @@ def serve_app(engine_settings: EngineSettings, batch: BatchSettings, serve: Serv
     engine = load_engine(engine_settings, batch.fp16)
     service = TTSService(engine, batch, serve).start(warmup=False)
     log.info("decoder: %s", engine.cuda_graphs_detail or "dynamic loop")
+    log.info("vocoder runtime: %s", engine.runtime_detail or "torch")
     if warmup:
         log.info("warming up every speaker and a few batch shapes ...")
         log.info("warm-up done in %.1f s", service.warmup())

@@ -88,7 +88,10 @@ class TTSService:
         self.serve = serve
         # CUDA graphs are captured by the worker when the service starts; until then the dynamic loop is in force.
         self._requested_graphs = batch.cuda_graphs
-        self._settings = dataclasses.replace(batch, fp16=batch.fp16 and engine.fp16_supported, cuda_graphs=engine.cuda_graphs)
+        self._requested_runtime: str | None = None  # the runtime last asked for (None: the worker puts it in force at start)
+        self._settings = dataclasses.replace(batch, fp16=batch.fp16 and engine.fp16_supported, cuda_graphs=engine.cuda_graphs,
+                                             runtime=engine.runtime)
+        self._initial_runtime = batch.runtime
         self.errors = 0
         self._batcher = Batcher(
             self._run_batch,
@@ -109,7 +112,7 @@ class TTSService:
     def start(self, warmup: bool = True) -> "TTSService":
         """Start the worker; warm up every speaker and a few batch shapes so no user pays for it."""
         self._batcher.start()
-        wanted = dataclasses.replace(self._settings, cuda_graphs=self._requested_graphs)
+        wanted = dataclasses.replace(self._settings, cuda_graphs=self._requested_graphs, runtime=self._initial_runtime)
         self._batcher.between_batches(lambda: self._apply(wanted, capture=True)).result()  # captured by the worker
         if warmup:
             self.warmup()
@@ -160,9 +163,14 @@ class TTSService:
         """On the worker thread: put wanted in force as far as the engine can; return what is in force.
 
         Graphs are captured when newly asked for (or capture=True, at start): a capture that failed is not retried
-        by every unrelated change, only by asking again.
+        by every unrelated change, only by asking again. The runtime likewise: a failed switch to ONNX Runtime (an
+        export that failed, a missing package) is tried again only when asked again.
         """
         engine = self.engine
+        runtime_changed = wanted.runtime != self._requested_runtime
+        self._requested_runtime = wanted.runtime
+        if runtime_changed and wanted.runtime == "torch":
+            engine.set_runtime("torch")  # before a precision change: nothing is exported for a dtype about to go
         capture = wanted.cuda_graphs and (capture or not self._requested_graphs)
         self._requested_graphs = wanted.cuda_graphs
         if engine.cuda_graphs and not wanted.cuda_graphs:  # off first: a precision change then recaptures nothing
@@ -171,9 +179,11 @@ class TTSService:
             engine.set_precision(wanted.fp16)  # recaptures graphs in force for the new dtype
         if capture and not engine.cuda_graphs:
             engine.set_cuda_graphs(True)  # a failed capture leaves the dynamic loop in force, with a note
+        if runtime_changed and wanted.runtime != engine.runtime:
+            engine.set_runtime(wanted.runtime)  # exports once per weights and dtype; a failure leaves torch, with a note
         self._batcher.max_batch_size = self._effective_batch(wanted.max_batch_size)
         self._batcher.max_wait_ms = wanted.max_wait_ms
-        self._settings = dataclasses.replace(wanted, fp16=engine.fp16, cuda_graphs=engine.cuda_graphs)
+        self._settings = dataclasses.replace(wanted, fp16=engine.fp16, cuda_graphs=engine.cuda_graphs, runtime=engine.runtime)
         return self._settings
 
     def apply_settings(self, timeout_s: float = 120.0, **changes) -> BatchSettings:
@@ -364,6 +374,7 @@ class TTSService:
             "settings": dataclasses.asdict(self._settings),
             "cuda_graphs": self.engine.cuda_graphs,  # in force: False means the dynamic decoding loop
             "cuda_graphs_detail": self.engine.cuda_graphs_detail or None,
+            "runtime_detail": self.engine.runtime_detail or None,  # what ONNX Runtime runs, on which provider
             "note": "; ".join(self.engine.notes) or None,
             "worker_alive": b.alive(),
             "queue_depth": b.depth(),
@@ -383,7 +394,7 @@ def engine_fields(engine: EngineBase) -> dict:
     """The engine's part of health(): name, precision in force, sample rate, how many speakers, which emotions, the
     GPU self-check's verdicts and the latest graph capture's count and time."""
     return {"engine": engine.name, "precision": engine.precision, "sample_rate": engine.sample_rate,
-            "speakers": len(engine.speakers), "emotions": list(engine.emotions),
+            "speakers": len(engine.speakers), "emotions": list(engine.emotions), "runtime": engine.runtime,
             "gpu_self_check": engine.gpu_self_check, "cuda_graphs_capture": engine.graphs_capture}
 
 

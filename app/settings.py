@@ -5,6 +5,7 @@ import numbers
 from dataclasses import dataclass, field
 
 ENGINE_NAMES = ("embedded", "sambert", "modelscope")
+RUNTIMES = ("torch", "onnxruntime")  # what runs the non-autoregressive parts (app.engines.onnx_runtime)
 SPEED_RANGE = (0.5, 2.0)  # tempo factor of a request: 2.0 is twice as fast
 PITCH_RANGE_ST = (-6.0, 6.0)  # pitch shift of a request, semitones
 VOLUME_RANGE_DB = (-12.0, 6.0)  # loudness change of a request, dB
@@ -51,8 +52,11 @@ class BatchSettings:
     max_wait_ms: float = 15.0  # how long the first waiting item may wait for others to join its batch
     clear_cache: bool = False  # torch.cuda.empty_cache() + gc.collect() after every batch
     cuda_graphs: bool = True  # decode by replaying CUDA graphs captured per batch/length bucket (CUDA only)
+    runtime: str = "torch"  # torch | onnxruntime: what runs the vocoder (the decoders always run in torch)
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime={self.runtime!r} is not one of {', '.join(RUNTIMES)}")
         if not 1 <= self.max_batch_size <= 64:
             raise ValueError(f"max_batch_size={self.max_batch_size} must be between 1 and 64")
         if not 0 <= self.max_wait_ms <= 1000:

@@ -1,6 +1,7 @@
 """Run one workload under a grid of settings on the resident service -> one row per setting -> CSV/JSON.
 
 CLI: python -m profiling.compare --fp16 on,off --batch 1,4,8 --clear-cache on,off --cuda-graphs on,off --concurrency 8 --out results.csv
+     python -m profiling.compare --batch 1,8 --runtime torch,onnxruntime --out runtime.csv   (the vocoder on ONNX Runtime)
      python -m profiling.compare --batch 1,8 --slo-p95 30 --out capacity.csv   (also each setting's capacity under a p95 target)
 
 Every row carries the quality cost of its setting beside its speed: the same texts and seeds are first rendered by the
@@ -27,7 +28,7 @@ from profiling.quality import quality_summary
 
 QUALITY_TEXTS = 8  # texts rendered per setting for the quality columns (the workload's first ones)
 COLUMNS = [
-    "setting", "status", "fp16", "max_batch_size", "clear_cache", "cuda_graphs", "requests", "errors", "p50_latency_s",
+    "setting", "status", "fp16", "max_batch_size", "clear_cache", "cuda_graphs", "runtime", "requests", "errors", "p50_latency_s",
     "p95_latency_s", "throughput_audio_s_per_s", "rtf", "mcd_db", "frames_changed_share", "nonfinite_items", "mean_batch_size", "peak_torch_allocated_mib", "peak_torch_reserved_mib",
     "peak_vram_used_mib", "mean_gpu_util_pct", "peak_rss_mib", "wall_s", "engine", "device", "precision",
     *[f"share_{stage}" for stage in REQUEST_STAGES],  # each stage's share of the requests' time (app.spans)
@@ -43,24 +44,27 @@ class GridPoint:
     max_batch_size: int
     clear_cache: bool
     cuda_graphs: bool = False
+    runtime: str = "torch"  # what runs the vocoder: torch or onnxruntime
 
     @property
     def label(self) -> str:
         on = lambda b: "on" if b else "off"  # noqa: E731
-        return f"fp16={on(self.fp16)} batch={self.max_batch_size} clear={on(self.clear_cache)} graphs={on(self.cuda_graphs)}"
+        return (f"fp16={on(self.fp16)} batch={self.max_batch_size} clear={on(self.clear_cache)} graphs={on(self.cuda_graphs)}"
+                f" runtime={self.runtime}")
 
     def settings(self) -> dict:
         """The live settings this point applies."""
-        return dict(fp16=self.fp16, max_batch_size=self.max_batch_size, clear_cache=self.clear_cache, cuda_graphs=self.cuda_graphs)
+        return dict(fp16=self.fp16, max_batch_size=self.max_batch_size, clear_cache=self.clear_cache, cuda_graphs=self.cuda_graphs,
+                    runtime=self.runtime)
 
 
 REFERENCE = GridPoint(fp16=False, max_batch_size=1, clear_cache=False, cuda_graphs=False)  # what quality is measured against
 
 
 def make_grid(fp16: Sequence[bool], batch: Sequence[int], clear_cache: Sequence[bool],
-              cuda_graphs: Sequence[bool] = (False,)) -> list[GridPoint]:
+              cuda_graphs: Sequence[bool] = (False,), runtime: Sequence[str] = ("torch",)) -> list[GridPoint]:
     """Cartesian product, in the order given."""
-    return [GridPoint(f, b, c, g) for f, b, c, g in itertools.product(fp16, batch, clear_cache, cuda_graphs)]
+    return [GridPoint(f, b, c, g, r) for f, b, c, g, r in itertools.product(fp16, batch, clear_cache, cuda_graphs, runtime)]
 
 
 def render(service, texts: Sequence[str], concurrency: int) -> list:
@@ -82,6 +86,8 @@ def _skip_reason(engine, point: GridPoint) -> str | None:
     if point.cuda_graphs and not engine.cuda_graphs_supported:
         why = f"need CUDA (device {engine.device})" if engine.cuda_graphs_capable else f"are not available for {engine.name}"
         return f"skipped: CUDA graphs {why}"
+    if point.runtime != "torch" and not engine.onnx_parts:
+        return f"skipped: ONNX Runtime is not available for {engine.name}"
     return None
 
 
@@ -135,6 +141,8 @@ def run_setting(service, monitor, point: GridPoint, texts: Sequence[str], concur
     note = "" if torch is not None or not point.clear_cache else " (no CUDA: cache clearing is only gc.collect)"
     if point.cuda_graphs and not applied.cuda_graphs:
         note += " (CUDA graphs not in force: " + "; ".join(service.engine.notes) + ")"
+    if applied.runtime != point.runtime:  # the row measured torch: say why, and do not pass it off as ONNX Runtime
+        note += f" ({point.runtime} not in force: " + "; ".join(n for n in service.engine.notes if "ONNX" in n) + ")"
     row["status"] = ("ok" if not row["errors"] else f"{int(row['errors'])} error(s)") + note
     return row
 
@@ -170,7 +178,7 @@ def run_grid(
                 rows[-1].update(capacity_search(service, texts, slo_p95_s, budget_s=capacity_budget_s, report=step))
     finally:
         service.apply_settings(fp16=before.fp16, max_batch_size=before.max_batch_size, clear_cache=before.clear_cache,
-                               cuda_graphs=before.cuda_graphs)
+                               cuda_graphs=before.cuda_graphs, runtime=before.runtime)
     if progress is not None:
         progress(len(points), len(points), "done")
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -193,6 +201,16 @@ def _ints(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers") from None
 
 
+def _runtimes(value: str) -> list[str]:
+    from app.settings import RUNTIMES
+
+    out = [v.strip() for v in value.split(",")]
+    bad = [v for v in out if v not in RUNTIMES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad)} is not one of {', '.join(RUNTIMES)}")
+    return out
+
+
 def _slo(value: str) -> str | float:
     if value == "auto":
         return value
@@ -208,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=_ints, default=[1, 4, 8], help="max batch sizes, e.g. 1,4,8")
     p.add_argument("--clear-cache", type=_on_off, default=[False], help="on,off")
     p.add_argument("--cuda-graphs", type=_on_off, default=[True, False], help="on,off (on is skipped without CUDA)")
+    p.add_argument("--runtime", type=_runtimes, default=["torch"], help="torch,onnxruntime: what runs the vocoder")
     p.add_argument("--quality-texts", type=int, default=QUALITY_TEXTS, help="texts rendered for the quality columns (0: none)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--slo-p95", nargs="?", const="auto", type=_slo, metavar="SECONDS",
@@ -247,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     slo = None if args.slo_p95 is None else default_slo_p95_s(engine.device) if args.slo_p95 == "auto" else args.slo_p95
     report = lambda i, n, label: print(f"[{i}/{n}] {label}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        grid = make_grid(args.fp16, args.batch, args.clear_cache, args.cuda_graphs)
+        grid = make_grid(args.fp16, args.batch, args.clear_cache, args.cuda_graphs, args.runtime)
         df = run_grid(service, monitor, grid, texts, args.concurrency, args.repeats, report, args.quality_texts,
                       slo_p95_s=slo, capacity_budget_s=args.capacity_budget_s)
     finally:

@@ -17,10 +17,12 @@ from profiling.sentences import sentence_list
 
 def test_grid_is_the_cartesian_product_in_order():
     grid = make_grid([True, False], [1, 8], [False])
-    assert [p.label for p in grid] == ["fp16=on batch=1 clear=off graphs=off", "fp16=on batch=8 clear=off graphs=off",
-                                       "fp16=off batch=1 clear=off graphs=off", "fp16=off batch=8 clear=off graphs=off"]
-    graphs = make_grid([False], [4], [False], [True, False])
-    assert [p.label for p in graphs] == ["fp16=off batch=4 clear=off graphs=on", "fp16=off batch=4 clear=off graphs=off"]
+    assert [p.label for p in grid] == [f"fp16={f} batch={b} clear=off graphs=off runtime=torch"
+                                       for f in ("on", "off") for b in (1, 8)]
+    graphs = make_grid([False], [4], [False], [True, False], ["torch", "onnxruntime"])
+    assert [p.label for p in graphs] == [f"fp16=off batch=4 clear=off graphs={g} runtime={r}"
+                                         for g in ("on", "off") for r in ("torch", "onnxruntime")]
+    assert graphs[1].settings()["runtime"] == "onnxruntime"
 
 
 def test_percentile_and_summary():

@@ -275,6 +275,7 @@ class ReplicaClient:
             "settings_version": self.settings_version,
             "cuda_graphs": bool(healths) and all(h["cuda_graphs"] for h in healths),  # in force on every replica
             "cuda_graphs_detail": "; ".join(sorted({h["cuda_graphs_detail"] for h in healths if h["cuda_graphs_detail"]})) or None,
+            "runtime_detail": "; ".join(sorted({h["runtime_detail"] for h in healths if h.get("runtime_detail")})) or None,
             "gpu_self_check": self_check.merge(h.get("gpu_self_check") for h in healths),  # a failure on any replica shows
             "worker_alive": bool(healths) and all(h["worker_alive"] for h in healths),
             "note": "; ".join(self.engine.notes) or None,

@@ -36,6 +36,9 @@ class EngineInfo:
     loaded: bool
     gpu_self_check: dict  # EngineBase.gpu_self_check: the self-check's verdicts on the replica's device
     graphs_capture: dict | None  # EngineBase.graphs_capture: the latest capture's graph count and seconds
+    onnx_parts: tuple[str, ...] = ()  # EngineBase.onnx_parts: what ONNX Runtime can run
+    runtime: str = "torch"  # what runs them now on the replica
+    runtime_detail: str = ""  # EngineBase.runtime_detail
 
     @classmethod
     def of(cls, engine: EngineBase) -> "EngineInfo":
@@ -50,7 +53,8 @@ class EngineInfo:
             cuda_graphs_capable=engine.cuda_graphs_capable, cuda_graphs_supported=engine.cuda_graphs_supported,
             cuda_graphs=engine.cuda_graphs, cuda_graphs_detail=engine.cuda_graphs_detail, device=engine.device, fp16=engine.fp16,
             notes=engine.notes, loaded=engine.loaded, gpu_self_check=engine.gpu_self_check,
-            graphs_capture=engine.graphs_capture,
+            graphs_capture=engine.graphs_capture, onnx_parts=tuple(engine.onnx_parts), runtime=engine.runtime,
+            runtime_detail=engine.runtime_detail,
         )
 
 
@@ -93,6 +97,9 @@ class ReplicaEngine(EngineBase):
     cuda_graphs_detail = property(lambda self: self.info.cuda_graphs_detail)  # type: ignore[assignment]
     gpu_self_check = property(lambda self: self.info.gpu_self_check)  # type: ignore[assignment]
     graphs_capture = property(lambda self: self.info.graphs_capture)  # type: ignore[assignment]
+    onnx_parts = property(lambda self: self.info.onnx_parts)  # type: ignore[assignment]
+    runtime = property(lambda self: self.info.runtime)  # type: ignore[assignment]
+    runtime_detail = property(lambda self: self.info.runtime_detail)  # type: ignore[assignment]
 
     @property
     def loaded(self) -> bool:

@@ -2,8 +2,9 @@
 
 An engine is loaded once and then turns a batch of utterances into one float32 waveform each. `EngineBase`
 implements what is the same for every engine (device choice, precision and its FP16 fallback, the emotion rule,
-unload, the GPU self-check); an engine class fills in its model through the `_load_model`, `_cast`, `_release` hooks
-and `synthesize`, and for the self-check `_check_decode` and `_check_vocode`.
+unload, the GPU self-check, the runtime switch); an engine class fills in its model through the `_load_model`, `_cast`,
+`_release` hooks and `synthesize`, for the self-check `_check_decode` and `_check_vocode`, and for ONNX Runtime
+`_use_onnx` and `_drop_onnx`.
 
 The GPU self-check (app/engines/self_check.py holds its comparisons and tolerances): right after graphs are captured
 (start-up, a toggle, a precision change, a recapture) the self-check items are decoded by the captured replay and by
@@ -88,6 +89,9 @@ class EngineBase:
     # The modules of the engine's half-precision table (self.half_precision), the mel-making one first and the vocoder
     # last: the self-check judges the first by its mels and frame counts, the last by its waveforms.
     half_modules: ClassVar[tuple[str, ...]] = ()
+    # What ONNX Runtime can run instead of torch (set_runtime): the non-autoregressive parts, e.g. ("vocoder",); the
+    # autoregressive decoders stay in torch, where CUDA graphs are their fast path.
+    onnx_parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.sample_rate: int = 16000  # Hz of every waveform synthesize() returns
@@ -103,6 +107,9 @@ class EngineBase:
         self._half_fallback: dict[str, str] = {}  # module -> why the self-check runs it in FP32 despite the table
         self._verdicts: dict[str, Verdict] = {}  # "graphs", "fp16 MODULE" -> the latest self-check verdict
         self._capture: dict | None = None  # the latest capture: graph count, seconds (None: none in force)
+        self._runtime = "torch"  # what runs onnx_parts now: torch or onnxruntime
+        self._runtime_detail = ""  # e.g. "vocoder: embedded-melgan-fp32 on CPU, exported in 5.2 s"
+        self.onnx_dir: str | None = None  # where exported parts are cached (None: the engine's own default)
 
     # --- what callers read -------------------------------------------------------------------------
     @property
@@ -143,6 +150,16 @@ class EngineBase:
     def cuda_graphs_detail(self) -> str:
         """What the graphs hold, e.g. "42 CUDA graphs captured, 180 MiB" ("" when off)."""
         return self._graphs_description() if self._cuda_graphs else ""
+
+    @property
+    def runtime(self) -> str:
+        """What runs the onnx_parts now: "torch" or "onnxruntime" (a failed switch leaves torch, with a note)."""
+        return self._runtime
+
+    @property
+    def runtime_detail(self) -> str:
+        """What ONNX Runtime runs and on which provider ("" under torch)."""
+        return self._runtime_detail
 
     def half_table(self, fp16: bool) -> dict[str, str]:
         """What runs per module: with fp16 the half table less the modules the self-check put back to FP32; else FP32."""
@@ -224,9 +241,11 @@ class EngineBase:
             fp16 = False
         else:
             self.note("precision", None)
-        graphs = self._cuda_graphs
+        graphs, runtime = self._cuda_graphs, self._runtime
         if graphs:  # the graphs hold the old dtype's buffers: drop them first (less peak memory), capture again after
             self._release_graphs()
+        if runtime != "torch":  # the exported files are per dtype, and the self-check must judge torch's half modules
+            self.set_runtime("torch")
         self._half_fallback = {}
         self._verdicts = {k: v for k, v in self._verdicts.items() if not k.startswith("fp16 ")}
         self.note("fp16_self_check", None)
@@ -237,7 +256,38 @@ class EngineBase:
         self._fp16 = fp16
         if graphs:
             self.set_cuda_graphs(True)
+        if runtime != "torch":
+            self.set_runtime(runtime)  # the parts at their new dtype (exported once per dtype)
         return self.precision
+
+    def set_runtime(self, runtime: str) -> str:
+        """Run the onnx_parts on ONNX Runtime ("onnxruntime") or torch ("torch"); returns what is in force.
+
+        The first switch exports each part (seconds, once per weights and dtype; a progress line is logged). Without
+        the packages, without a provider for the device, or when an export or its check fails, torch stays in force
+        and a note says why: the app keeps answering either way."""
+        from app.engines.onnx_runtime import RUNTIMES
+
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime={runtime!r} is not one of {', '.join(RUNTIMES)}")
+        self._drop_onnx()
+        self._runtime, self._runtime_detail = "torch", ""
+        self.note("runtime", None)
+        if runtime == "torch" or not self.loaded:
+            return self._runtime
+        if not self.onnx_parts:
+            self.note("runtime", f"ONNX Runtime is not available for the {self.name} engine; torch runs it")
+            return self._runtime
+        try:
+            detail = self._use_onnx(log.info)
+        except Exception as exc:  # a missing package, an export that fails, a file that does not match torch
+            self._drop_onnx()
+            why = f"ONNX Runtime not in force ({type(exc).__name__}: {str(exc)[:200]}); torch runs the {', '.join(self.onnx_parts)}"
+            log.warning(why)
+            self.note("runtime", why)
+            return self._runtime
+        self._runtime, self._runtime_detail = "onnxruntime", detail
+        return self._runtime
 
     def set_cuda_graphs(self, on: bool) -> bool:
         """Capture the static decoder's graphs for every bucket now, or drop them; returns what is in force.
@@ -350,6 +400,8 @@ class EngineBase:
         """Free the model and its device memory."""
         self._release_graphs()
         self._cuda_graphs = False
+        self._drop_onnx()
+        self._runtime, self._runtime_detail = "torch", ""
         self._release()
         _free_cuda_cache()
 
@@ -378,6 +430,14 @@ class EngineBase:
 
     def _release_graphs(self) -> None:
         """Drop the static decoder and its graphs (the dynamic loop decodes again)."""
+
+    def _use_onnx(self, progress) -> str:
+        """Export (once) and load every onnx_part on ONNX Runtime and use them from the next batch; may raise.
+        progress gets a line before a long export. Returns one line on what runs where."""
+        raise NotImplementedError
+
+    def _drop_onnx(self) -> None:
+        """Drop the ONNX Runtime sessions: torch runs every part again."""
 
     def _graphs_description(self) -> str:
         """One line on the captured graphs: how many, how much memory."""

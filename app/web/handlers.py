@@ -132,7 +132,8 @@ class Handlers:
         line = (
             f"**In force:** {h['engine']} on `{h['device']}`, {h['precision']}; max batch {s['max_batch_size']}, "
             f"max wait {s['max_wait_ms']:.0f} ms, cache clearing {'on' if s['clear_cache'] else 'off'}, "
-            f"CUDA graphs {'on (' + h['cuda_graphs_detail'] + ')' if h['cuda_graphs'] else 'off'} · "
+            f"CUDA graphs {'on (' + h['cuda_graphs_detail'] + ')' if h['cuda_graphs'] else 'off'}, "
+            f"vocoder on {'ONNX Runtime (' + h['runtime_detail'] + ')' if h['runtime'] == 'onnxruntime' else 'torch'} · "
             f"queue {h['queue_depth']}/{h['queue_capacity']} · {h['batches_run']} batches, {h['items_failed']} failed"
         )
         failed = failures(h.get("gpu_self_check") or {})
@@ -143,11 +144,14 @@ class Handlers:
         return line + "".join(f"  \n{r}" for r in replicas) + "".join(f"  \n_{n}_" for n in notes)
 
     @operator_only
-    def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool, cuda_graphs: bool = True) -> str:
-        """Queue a settings change; it takes effect between batches. Returns the status line once in force."""
+    def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool, cuda_graphs: bool = True,
+                       runtime: str | None = None) -> str:
+        """Queue a settings change; it takes effect between batches. Returns the status line once in force (a first
+        switch to ONNX Runtime exports the vocoder: seconds)."""
         try:
             self.service.apply_settings(fp16=bool(fp16), max_batch_size=int(max_batch_size), max_wait_ms=float(max_wait_ms),
-                                        clear_cache=bool(clear_cache), cuda_graphs=bool(cuda_graphs))
+                                        clear_cache=bool(clear_cache), cuda_graphs=bool(cuda_graphs),
+                                        runtime=runtime or self.service.settings.runtime)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         return self.status()
@@ -155,18 +159,19 @@ class Handlers:
     @operator_only
     def compare(self, fp16: list[str], batch: list[str], clear: list[str], concurrency: float, repeats: float, n_texts: float,
                 graphs: list[str] | None = None, find_capacity: bool = False, slo_p95_s: float | None = None,
-                progress=gr.Progress()):
+                runtime: list[str] | None = None, progress=gr.Progress()):
         """Run the grid on the resident service (and each setting's capacity under a p95 target if asked);
         return the table, five charts and a CSV file."""
         graphs = graphs if graphs is not None else ["off"]
-        if not (fp16 and batch and clear and graphs):
-            raise gr.Error("pick at least one value in each of FP16, batch size, cache clearing and CUDA graphs")
+        runtime = runtime if runtime is not None else ["torch"]
+        if not (fp16 and batch and clear and graphs and runtime):
+            raise gr.Error("pick at least one value in each of FP16, batch size, cache clearing, CUDA graphs and runtime")
         try:
             slo = check_slo(slo_p95_s) if find_capacity else None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         points = make_grid([v == "on" for v in fp16], sorted(int(b) for b in batch), [v == "on" for v in clear],
-                           [v == "on" for v in graphs])
+                           [v == "on" for v in graphs], list(runtime))
         texts = self.workload[: int(n_texts)]
 
         def report(i: int, n: int, label: str) -> None:

@@ -8,7 +8,7 @@ import gradio as gr
 from app.web.handlers import Handlers, emotion_choices, emotion_info, ffmpeg_available, speaker_choices
 from app.web.roles import OPERATOR_PATH, Access
 from app.service import TTSService
-from app.settings import PITCH_RANGE_ST, SPEED_RANGE, VOLUME_RANGE_DB, ServeSettings
+from app.settings import PITCH_RANGE_ST, RUNTIMES, SPEED_RANGE, VOLUME_RANGE_DB, ServeSettings
 from profiling.capacity import default_slo_p95_s
 from profiling.monitor import Monitor
 from profiling.trace import DEFAULT_BATCHES, MAX_BATCHES
@@ -106,9 +106,12 @@ def _live_tab(h: Handlers, status: gr.Markdown, tunes: bool = True, note: str | 
                             elem_id="clear-cache")
         graphs = gr.Checkbox(value=settings.cuda_graphs, label="CUDA graphs (decoder replays captured graphs; CUDA only)",
                              interactive=engine.cuda_graphs_supported and tunes, elem_id="cuda-graphs")
-    controls = [fp16, batch, wait, clear, graphs]
+        runtime = gr.Radio(list(RUNTIMES), value=settings.runtime, label="Vocoder runtime",
+                           info="onnxruntime: the vocoder exported to ONNX (once, seconds) and run by ONNX Runtime",
+                           interactive=bool(engine.onnx_parts) and tunes, elem_id="runtime")
+    controls = [fp16, batch, wait, clear, graphs, runtime]
     wiring = dict(concurrency_id="settings", concurrency_limit=1, api_visibility="private")
-    for control in (fp16, clear, graphs):
+    for control in (fp16, clear, graphs, runtime):
         control.input(h.apply_settings, controls, status, **wiring)
     for control in (batch, wait):
         control.release(h.apply_settings, controls, status, **wiring)
@@ -129,6 +132,7 @@ def _compare_tab(h: Handlers, tunes: bool = True, note: str | None = None) -> No
     grid_clear = gr.CheckboxGroup(["off", "on"], value=["off"], label="Cache clearing", interactive=tunes)
     graphs_on_off = ["on", "off"] if h.service.engine.cuda_graphs_supported else ["off"]
     grid_graphs = gr.CheckboxGroup(["on", "off"], value=graphs_on_off, label="CUDA graphs", interactive=tunes)
+    grid_runtime = gr.CheckboxGroup(list(RUNTIMES), value=["torch"], label="Vocoder runtime", interactive=tunes)
     with gr.Row():
         concurrency = gr.Slider(1, 32, value=8, step=1, label="Concurrency", interactive=tunes)
         repeats = gr.Slider(1, 5, value=1, step=1, label="Repeats", interactive=tunes)
@@ -141,7 +145,8 @@ def _compare_tab(h: Handlers, tunes: bool = True, note: str | None = None) -> No
     table = gr.Dataframe(label="Results", interactive=False)
     lat_plot, thr_plot, mem_plot, stage_plot, capacity_plot = gr.Plot(), gr.Plot(), gr.Plot(), gr.Plot(), gr.Plot()
     csv = gr.File(label="CSV")
-    run.click(h.compare, [grid_fp16, grid_batch, grid_clear, concurrency, repeats, n_texts, grid_graphs, find_capacity, slo],
+    run.click(h.compare, [grid_fp16, grid_batch, grid_clear, concurrency, repeats, n_texts, grid_graphs, find_capacity, slo,
+                          grid_runtime],
               [table, lat_plot, thr_plot, mem_plot, stage_plot, capacity_plot, csv], concurrency_limit=1, api_visibility="private")
 
 

@@ -3,11 +3,14 @@
 python -m profiling.bench.engine --device cuda --precision fp32,fp16,bf16,fp16/bf16 --decoder graphs,dynamic --batch 1,8,32
 python -m profiling.bench.engine --device cpu --decoder dynamic,static,compiled --batch 1,8     (issue 11, item 6)
 python -m profiling.bench.engine --device cpu --batch 1,8 --spans on,off --repeat 2   (the cost of the stage spans)
+python -m profiling.bench.engine --device cpu --batch 1,8 --runtime torch,onnxruntime --repeat 3   (the vocoder on ONNX Runtime)
 
 precision: ACOUSTIC[/VOCODER] (fp32, fp16, bf16; the vocoder defaults to the engine's HALF_PRECISION table).
 decoder: dynamic (today's loop), graphs (static step replayed as CUDA graphs), static (the static step run eagerly),
-compiled (static step through torch.compile; a CPU experiment). spans: on records each call's stages as the service's
-worker does (app.spans), off runs the engine bare; --repeat interleaves the cells that many times. Every row also says how far its audio is from the
+compiled (static step through torch.compile; a CPU experiment). runtime: what runs the vocoder (torch, or onnxruntime:
+exported once; the first switch's export time is the runtime_setup_s of its first row). spans: on records each call's
+stages as the service's worker does (app.spans), off runs the engine bare; --repeat interleaves the cells that many
+times. Every row also says how far its audio is from the
 FP32 dynamic reference of the same sentences and seeds (MCD dB, share of items whose frame count changed,
 non-finite items), so the fastest precision that stays right can be chosen per module.
 On a machine without phkit (a bare GPU box), pass --symbols FILE made here with --export-symbols FILE.
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder", default="dynamic", help=f"comma list of {', '.join(DECODERS)}")
     p.add_argument("--batch", default="1,2,4,8")
     p.add_argument("--spans", default="off", help="comma list of on, off: record the stage spans around each call")
+    p.add_argument("--runtime", default="torch", help="comma list of torch, onnxruntime: what runs the vocoder")
     p.add_argument("--repeat", type=int, default=1, help="run every cell this many times, interleaved")
     p.add_argument("--texts", default=str(WORKLOAD_FILE))
     p.add_argument("--speaker", help="voice for every sentence (default: the engine's default voice)")
@@ -187,18 +191,26 @@ def main(argv: list[str] | None = None) -> int:
                     record({"asked": spec, "precision": precision, "decoder": decoder, "status": f"skipped: {detail}",
                             "self_check": self_check_summary(engine)})
                     continue
-                for size, spans, rep in [(int(b), s.strip() == "on", r) for r in range(args.repeat)
-                                         for b in args.batch.split(",") for s in args.spans.split(",")]:
+                for size, spans, runtime, rep in [(int(b), s.strip() == "on", rt.strip(), r) for r in range(args.repeat)
+                                                  for b in args.batch.split(",") for s in args.spans.split(",")
+                                                  for rt in args.runtime.split(",")]:
+                    t_rt = time.monotonic()
+                    if engine.set_runtime(runtime) != runtime:
+                        record({"asked": spec, "precision": precision, "decoder": decoder, "batch": size, "runtime": runtime,
+                                "status": "skipped: " + "; ".join(n for n in engine.notes if "ONNX" in n)})
+                        continue
+                    runtime_s = time.monotonic() - t_rt
                     try:
                         row = {"asked": spec, "precision": precision, "decoder": decoder, "spans": spans, "repeat": rep,
-                               **run_cell(engine, utts, size, monitor, reference, spans)}
+                               "runtime": runtime, **run_cell(engine, utts, size, monitor, reference, spans)}
                     except Exception as exc:
                         record({"asked": spec, "precision": precision, "decoder": decoder, "batch": size,
                                 "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
                         continue
-                    row.update(setup_s=round(setup_s, 2), detail=detail, self_check=self_check_summary(engine), status="ok")
+                    row.update(setup_s=round(setup_s, 2), runtime_setup_s=round(runtime_s, 2), detail=detail,
+                               runtime_detail=engine.runtime_detail, self_check=self_check_summary(engine), status="ok")
                     record(row)
-                    print(f"{precision} {decoder} batch {size} spans {'on' if spans else 'off'}: "
+                    print(f"{precision} {decoder} batch {size} spans {'on' if spans else 'off'} {runtime}: "
                           f"{row['throughput_audio_s_per_s']:.1f} audio s/s", file=sys.stderr, flush=True)
     finally:
         if monitor is not None:
@@ -206,12 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     if "batch" in df:
         ok_rows = df[df["status"] == "ok"]
-        base = ok_rows[ok_rows["batch"] == 1].groupby(["asked", "decoder"])["throughput_audio_s_per_s"].first()
-        df["speedup_vs_b1"] = [r.throughput_audio_s_per_s / base.get((r.asked, r.decoder), float("nan"))
+        base = ok_rows[ok_rows["batch"] == 1].groupby(["asked", "decoder", "runtime"])["throughput_audio_s_per_s"].first()
+        df["speedup_vs_b1"] = [r.throughput_audio_s_per_s / base.get((r.asked, r.decoder, r.runtime), float("nan"))
                                if r.status == "ok" else float("nan") for r in df.itertuples()]
-    shown = [c for c in ["asked", "precision", "decoder", "batch", "spans", "repeat", "throughput_audio_s_per_s", "rtf", "rtf_b1_median", "speedup_vs_b1",
+    shown = [c for c in ["asked", "precision", "decoder", "batch", "spans", "runtime", "repeat", "throughput_audio_s_per_s", "rtf", "rtf_b1_median", "speedup_vs_b1",
                          "peak_cuda_allocated_mib", "peak_vram_used_mib", "mean_gpu_util_pct", "mcd_db", "frames_changed_share",
-                         "nonfinite_items", "setup_s", "status"] if c in df]
+                         "nonfinite_items", "setup_s", "runtime_setup_s", "status"] if c in df]
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         print(df[shown].to_string(index=False))
         ok_rows = df[df["status"] == "ok"] if "status" in df else df
@@ -219,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             medians = ok_rows.groupby(["precision", "decoder", "batch", "spans"])["throughput_audio_s_per_s"].median().unstack()
             medians["on_over_off"] = medians[True] / medians[False]
             print("\nThroughput (audio s/s), median over repeats, spans off / on:\n" + medians.to_string())
+        if "runtime" in ok_rows and ok_rows["runtime"].nunique() > 1:  # the vocoder's runtime: medians over repeats
+            medians = ok_rows.groupby(["precision", "decoder", "batch", "runtime"])["throughput_audio_s_per_s"].median().unstack()
+            medians["onnxruntime_over_torch"] = medians["onnxruntime"] / medians["torch"]
+            print("\nThroughput (audio s/s), median over repeats, by vocoder runtime:\n" + medians.to_string())
+        exported = sorted({r["runtime_detail"] for r in rows if r.get("runtime_detail")})
+        print("".join(f"\nONNX Runtime: {d}" for d in exported))
     name = torch.cuda.get_device_name() if engine.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     details = sorted({r["detail"] for r in rows if r.get("decoder") == "graphs" and "detail" in r})
     print(f"\nembedded engine on {engine.device} ({name}); load {load_s:.2f} s; {len(utts)} sentences from {len(texts)} texts; "

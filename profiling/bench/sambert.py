@@ -1,10 +1,11 @@
 """Benchmark the native Sambert-HifiGan runtime on random weights of the official 16k config size.
 
     python -m profiling.bench.sambert --device cpu|cuda --precision fp32,fp16,bf16,fp16/bf16 --decoder graphs,dynamic \
-        --batch 1,8,32 [--out results.csv]
+        --batch 1,8,32 [--runtime torch,onnxruntime] [--out results.csv]
 
 precision: DECODER[/VOCODER] (fp32, fp16, bf16; the text encoder and durations always stay FP32). decoder: dynamic
-(today's loop), graphs (the static step replayed as CUDA graphs) or static (the static step run eagerly). Each row also
+(today's loop), graphs (the static step replayed as CUDA graphs) or static (the static step run eagerly). runtime: what
+runs the HiFi-GAN vocoder, torch or onnxruntime (exported once per precision; export_s says how long). Each row also
 gives its fidelity against the FP32 dynamic rendering of the same items (MCD dB, frame counts changed, non-finite).
 Needs only torch, numpy, pandas and pyyaml: it feeds symbol sequences directly (no jieba/pypinyin frontend).
 """
@@ -42,6 +43,7 @@ class BenchOptions:
     repeats: int  # timed runs per setting (median reported)
     warmup: int  # untimed runs per setting
     threads: int  # torch CPU threads
+    runtimes: tuple[str, ...] = ("torch",)  # what runs the vocoder: torch, onnxruntime
 
 
 def sentence_symbols(rng: np.random.Generator, n: int) -> str:
@@ -102,30 +104,57 @@ def run(options: BenchOptions, out: str | None = None) -> pd.DataFrame:
         if out:
             pd.DataFrame(rows).to_csv(out, index=False)
 
+    onnx_dir = tempfile.TemporaryDirectory()
     try:
         for precision in options.precisions:
             decoder_dtype, _, vocoder_dtype = precision.partition("/")
             voice.set_dtypes(decoder_dtype, vocoder_dtype or decoder_dtype)
+            ort_part, ort_why = _ort_part(voice, options, onnx_dir.name)
             for decoder in options.decoders:
                 ok, setup_s, detail = set_decoder(voice, decoder)
                 if not ok:
                     record({"precision": precision, "decoder": decoder, "status": f"skipped: {detail}"})
                     continue
-                for batch in options.batches:
+                for batch, runtime in [(b, r) for b in options.batches for r in options.runtimes]:
+                    if runtime == "onnxruntime" and ort_part is None:
+                        record({"precision": precision, "decoder": decoder, "batch": batch, "runtime": runtime,
+                                "status": f"skipped: {ort_why}"})
+                        continue
+                    voice.vocoder_ort = ort_part if runtime == "onnxruntime" else None
                     try:
-                        row = {"precision": precision, "decoder": decoder, **_time_cell(voice, items[:batch], options, monitor),
-                               "setup_s": round(setup_s, 2), "detail": detail, "status": "ok"}
+                        row = {"precision": precision, "decoder": decoder, "runtime": runtime,
+                               **_time_cell(voice, items[:batch], options, monitor), "setup_s": round(setup_s, 2),
+                               "export_s": round(ort_part.export_s, 2) if runtime == "onnxruntime" else float("nan"),
+                               "detail": detail, "status": "ok"}
                     except Exception as exc:  # one GPU run measures everything: a failing cell is a row, not a crash
-                        record({"precision": precision, "decoder": decoder, "batch": batch,
+                        record({"precision": precision, "decoder": decoder, "batch": batch, "runtime": runtime,
                                 "status": f"error: {type(exc).__name__}: {str(exc)[:120]}"})
                         continue
                     row.update(quality_summary(reference[:batch], row.pop("waveforms"), voice.sample_rate_hz))
                     record(row)
-                    print(f"{precision} {decoder} batch {batch}: {rows[-1]['throughput (audio s / s)']} audio s/s", flush=True)
+                    print(f"{precision} {decoder} batch {batch} {runtime}: {rows[-1]['throughput (audio s / s)']} audio s/s",
+                          flush=True)
     finally:
+        voice.vocoder_ort = None
+        onnx_dir.cleanup()
         if monitor is not None:
             monitor.close()
     return pd.DataFrame(rows)
+
+
+def _ort_part(voice: SambertVoice, options: BenchOptions, folder: str):
+    """The voice's vocoder at its precision in force on ONNX Runtime, or (None, why not)."""
+    if "onnxruntime" not in options.runtimes:
+        return None, "not asked"
+    from pathlib import Path
+
+    from app.engines.onnx_runtime import OrtPart
+
+    try:
+        return OrtPart.build(voice.vocoder, "bench-hifigan", Path(folder), voice.hop_samples, voice.vocoder.config.in_channels,
+                             progress=lambda line: print(line, flush=True)), ""
+    except Exception as exc:  # e.g. bf16, or no CUDA provider: a row says so
+        return None, f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
 def _time_cell(voice: SambertVoice, work: list[SymbolItem], options: BenchOptions, monitor) -> dict:
@@ -171,6 +200,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchOptions, str | None]
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--runtime", default="torch", help="comma list of torch, onnxruntime: what runs the vocoder")
     parser.add_argument("--out", default=None, help="also write the table to this CSV")
     args = parser.parse_args(argv)
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
@@ -191,7 +221,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchOptions, str | None]
         parser.error(f"--batch {args.batch!r} and --symbols {args.symbols!r} must be comma lists of integers")
     if min(batches) < 1 or not 1 <= lo <= hi:
         parser.error(f"--batch {args.batch!r} needs sizes >= 1 and --symbols {args.symbols!r} needs 1 <= min <= max")
-    opts = BenchOptions(args.device, precisions, decoders, batches, lo, hi, max(1, args.repeats), max(0, args.warmup), max(1, args.threads))
+    runtimes = tuple(r.strip() for r in args.runtime.split(","))
+    if any(r not in ("torch", "onnxruntime") for r in runtimes):
+        parser.error(f"--runtime {args.runtime!r}: choose from torch, onnxruntime")
+    opts = BenchOptions(args.device, precisions, decoders, batches, lo, hi, max(1, args.repeats), max(0, args.warmup),
+                        max(1, args.threads), runtimes)
     return opts, args.out
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -13,10 +14,10 @@ from app.engines import precision
 from app.engines.base import EMOTIONS_RULES, WARMUP_TEXT, EngineBase, Utterance
 from app.engines.embedded.dropout import item_keys
 from app.engines.embedded.frontend import SPOKEN_IDS, Frontend, text_to_ids, warm_phkit
-from app.engines.embedded.melgan import MelGAN
+from app.engines.embedded.melgan import HOP_LENGTH, MelGAN
 from app.engines.embedded.static_decoder import StaticTacotronDecoder
 from app.engines.embedded.tacotron import Tacotron, TacotronConfig, max_frames, speaker_vector
-from app.engines.embedded.weights import load_weights
+from app.engines.embedded.weights import default_cache_dir, load_weights
 from app.engines.self_check import Decoded
 from app.prosody import RULE_EMOTIONS
 
@@ -31,6 +32,9 @@ GOOD_SPEAKERS = ("biaobei", "Aiqi", "Aina", "Aixia", "Aijia", "Aiya", "Aijing", 
 FAIR_SPEAKERS = ("Xiaobei", "Xiaoyun", "Aibao", "Siyue", "Xiaomeng")  # CER 0.03-0.05 (Xiaomeng 0.16), by naturalness
 EXPERIMENTAL_SPEAKERS = ("Xiaomei", "Xiaogang", "Yina")  # CER 0.43-0.66: often unintelligible or cut short
 CUDA_VOCODER_ROWS = 32  # vocoder windows per call on CUDA (on CPU one at a time measured fastest: ~0.05 RTF)
+# Vocoder windows per call on a CPU, per runtime. Measured (2 cores, 148-frame windows, ms per window at 1/4/8/32
+# windows per call): torch 96/141/231/321, ONNX Runtime 83/92/102/106: one at a time is fastest for both.
+CPU_VOCODER_ROWS = {"torch": 1, "onnxruntime": 1}
 CUDA_GATE_CHECK_EVERY = 8  # decoder steps between stop checks on CUDA (each check syncs the GPU)
 # What "FP16 on" runs per module. MelGAN overflows in FP16 (activations ~6e3), so the vocoder stays FP32 until the
 # GPU suite's precision table shows BF16 (same range as FP32) fast and right there; flip it here when it does.
@@ -52,6 +56,7 @@ class EmbeddedEngine(EngineBase):
     cuda_graphs_capable = True
     emotion_kind = EMOTIONS_RULES
     half_modules = ("acoustic", "vocoder")
+    onnx_parts = ("vocoder",)
 
     def __init__(self, cache_dir: str | None = None, frontend: Frontend | None = None) -> None:
         super().__init__()
@@ -65,6 +70,7 @@ class EmbeddedEngine(EngineBase):
         self._acoustic: Tacotron | None = None
         self._vocoder: MelGAN | None = None
         self._static: StaticTacotronDecoder | None = None  # the static-shape decoder, when in use
+        self._vocoder_ort = None  # app.engines.onnx_runtime.OrtPart running the vocoder, when that runtime is in force
         self.half_precision = dict(HALF_PRECISION)
         # what the GPU self-check decodes: the warm-up sentence in SELF_CHECK_SPEAKERS, seeds 0-3, as one batch
         self.self_check_utterances = [Utterance(WARMUP_TEXT, s, seed=i) for i, s in enumerate(SELF_CHECK_SPEAKERS)]
@@ -109,6 +115,29 @@ class EmbeddedEngine(EngineBase):
     def _release(self) -> None:
         self._acoustic = self._vocoder = None
 
+    def _use_onnx(self, progress) -> str:
+        from app.engines.onnx_runtime import OrtPart
+
+        folder = Path(self.onnx_dir or Path(self._cache_dir or default_cache_dir()) / "onnx")  # beside the converted weights
+        part = OrtPart.build(self._vocoder, "embedded-melgan", folder, HOP_LENGTH, self._vocoder.pre.in_channels,
+                             progress=progress)
+        with self._lock:
+            self._vocoder_ort = part
+        return f"vocoder: {part.describe()}"
+
+    def _drop_onnx(self) -> None:
+        with self._lock:
+            self._vocoder_ort = None
+
+    def _vocode(self, mels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every (80, frames) mel through the vocoder in force (torch, or ONNX Runtime), in equal-length windows."""
+        if self.device.startswith("cuda"):
+            rows = CUDA_VOCODER_ROWS
+        else:
+            rows = CPU_VOCODER_ROWS["onnxruntime" if self._vocoder_ort is not None else "torch"]
+        dtype = self._vocoder.pre.weight.dtype
+        return self._vocoder.vocode_many([m.to(dtype) for m in mels], max_rows=rows, run=self._vocoder_ort)
+
     def set_static_decoding(self, on: bool, compile_step: bool = False) -> None:
         """Decode with the static-shape decoder (its chunks captured as CUDA graphs on CUDA) or the dynamic loop.
 
@@ -143,10 +172,7 @@ class EmbeddedEngine(EngineBase):
 
     def _check_vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
         with self._lock, torch.inference_mode():
-            dtype = self._vocoder.pre.weight.dtype
-            rows = CUDA_VOCODER_ROWS if self.device.startswith("cuda") else 1
-            tensors = [torch.from_numpy(m.T.copy()).to(self.device, dtype) for m in mels]
-            return [a.float().cpu().numpy() for a in self._vocoder.vocode_many(tensors, max_rows=rows)]
+            return [a.float().cpu().numpy() for a in self._vocode([torch.from_numpy(m.T.copy()).to(self.device) for m in mels])]
 
     def speakable(self, text: str) -> bool:
         return any(i in SPOKEN_IDS for i in self._frontend(text))
@@ -186,6 +212,4 @@ class EmbeddedEngine(EngineBase):
         with self._lock, torch.inference_mode():
             mels, _ = self.synthesize_mels(batch)
             spans.mark("vocoder")  # ends with the audio's copy to the host: the batch's one final sync
-            rows = CUDA_VOCODER_ROWS if self.device.startswith("cuda") else 1  # CPU: small working set is fastest
-            dtype = self._vocoder.pre.weight.dtype
-            return [a.float().cpu().numpy() for a in self._vocoder.vocode_many([m.to(dtype) for m in mels], max_rows=rows)]
+            return [a.float().cpu().numpy() for a in self._vocode(mels)]

@@ -1,6 +1,8 @@
 """MelGAN generator (log-mel -> waveform) for ttskit's vocoder weights, weight norm already folded."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -64,13 +66,16 @@ class MelGAN(nn.Module):
         return torch.tanh(x).squeeze(1)
 
     @torch.no_grad()
-    def vocode_many(self, mels: list[torch.Tensor], chunk_frames: int = CHUNK_FRAMES, max_rows: int = MAX_CHUNKS_PER_CALL) -> list[torch.Tensor]:
+    def vocode_many(self, mels: list[torch.Tensor], chunk_frames: int = CHUNK_FRAMES, max_rows: int = MAX_CHUNKS_PER_CALL,
+                    run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Each (80, T) mel -> (T * 256,) waveform, with the silent tail trick ttskit uses.
 
         Every mel is cut into windows of chunk_frames plus CONTEXT_FRAMES each side; windows of equal length, from
         any item, run as one batch and are trimmed back. Same samples as whole-signal vocoding within ~3e-6,
         while a batch of sentences shares one vocoder call and peak memory stays small.
+        run: what computes a window batch instead of this module (the same weights on ONNX Runtime).
         """
+        run = run or self
         jobs: dict[int, list[tuple[int, int, int, int]]] = {}  # window length -> (item, start, end, lo)
         padded = []
         for item, mel in enumerate(mels):
@@ -86,7 +91,7 @@ class MelGAN(nn.Module):
         for width, group in jobs.items():
             for k in range(0, len(group), max_rows):
                 rows = group[k : k + max_rows]
-                audio = self(torch.stack([padded[i][:, lo : lo + width] for i, _, _, lo in rows]))
+                audio = run(torch.stack([padded[i][:, lo : lo + width] for i, _, _, lo in rows]))
                 for (i, start, end, lo), wave in zip(rows, audio):
                     pieces[(i, start)] = wave[(start - lo) * HOP_LENGTH : (end - lo) * HOP_LENGTH]
         return [torch.cat([pieces[(i, s)] for s in range(0, mel.shape[1], chunk_frames)]) for i, mel in enumerate(mels)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -42,6 +43,7 @@ class SambertEngine(EngineBase):
     controls_in_model = frozenset({"speed", "pitch", "volume"})
     cuda_graphs_capable = True
     half_modules = ("decoder", "vocoder")
+    onnx_parts = ("vocoder",)  # the text encoder + variance adaptor stay in torch (see README: ONNX Runtime)
 
     def __init__(self, model: str, emotions: Mapping[str, tuple[str, ...]] | None = None,
                  downloader: Downloader | None = None, frontend: Callable | None = None) -> None:
@@ -120,6 +122,24 @@ class SambertEngine(EngineBase):
     def _release(self) -> None:
         with self._lock:
             self._voices, self._frontends = {}, {}
+
+    def _use_onnx(self, progress) -> str:
+        from app.engines.onnx_runtime import OrtPart, cache_root
+
+        parts, folder = {}, Path(self.onnx_dir or cache_root() / "sambert")
+        for name, voice in self._voices.items():
+            parts[name] = OrtPart.build(voice.vocoder, f"sambert-{name}-hifigan", folder, voice.hop_samples,
+                                        voice.vocoder.config.in_channels, progress=progress)
+        with self._lock:
+            for name, part in parts.items():
+                self._voices[name].vocoder_ort = part
+        described = [p.describe() for p in parts.values()]
+        return "vocoder: " + (described[0] if len(described) == 1 else f"{len(described)} voices: " + "; ".join(described))
+
+    def _drop_onnx(self) -> None:
+        with self._lock:
+            for voice in self._voices.values():
+                voice.vocoder_ort = None
 
     def set_static_decoding(self, on: bool) -> None:
         """Every voice decodes with its static-shape decoder (CUDA graphs on CUDA) or the dynamic loop."""

@@ -63,6 +63,7 @@ class SambertVoice:
         self.decoder_dtype = self.vocoder_dtype = torch.float32
         self.static: StaticPncaDecoder | None = None  # the static-shape decoder, when in use
         self.max_batch = 32  # largest batch the static decoder gets buckets for
+        self.vocoder_ort = None  # app.engines.onnx_runtime.OrtPart running the vocoder, when that runtime is in force
 
     def _load(self, module: torch.nn.Module, state: dict, what: str) -> None:
         try:
@@ -85,6 +86,7 @@ class SambertVoice:
         cast(self.acoustic.mel_decoder, self.decoder_dtype)
         cast(self.acoustic.mel_postnet, self.decoder_dtype)
         cast(self.vocoder, self.vocoder_dtype)
+        self.vocoder_ort = None  # exported per dtype: the engine builds it again (EngineBase.set_precision)
         if self.static is not None:
             self.set_static_decoding(True)
 
@@ -119,10 +121,12 @@ class SambertVoice:
         """Batched on CUDA (fewer launches); item by item on CPU, where a padded batch runs ~3x slower per sample.
 
         Both give the same samples: the generator is causal, so trailing padding never reaches valid output.
+        The vocoder in force runs it: torch, or the same weights on ONNX Runtime (vocoder_ort).
         """
+        run = self.vocoder_ort or self.vocoder
         if self.device.type == "cuda":
-            return list(self.vocoder(mel.transpose(1, 2)).float().cpu().numpy())
-        return [self.vocoder(mel[i : i + 1, : int(n)].transpose(1, 2))[0].float().numpy() for i, n in enumerate(counts)]
+            return list(run(mel.transpose(1, 2)).float().cpu().numpy())
+        return [run(mel[i : i + 1, : int(n)].transpose(1, 2))[0].float().numpy() for i, n in enumerate(counts)]
 
     @torch.inference_mode()
     def decode_mels(self, items: Sequence[SymbolItem], dynamic: bool = False) -> list[np.ndarray]:
