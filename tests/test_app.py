@@ -263,3 +263,34 @@ def test_say_refuses_bad_controls_with_exit_2_and_the_message(args, message, tmp
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and f"error: {message}" in proc.stderr
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_vocoder_runtime_switch_in_headless_chromium(app_url, engine, tmp_path):
+    """Pick onnxruntime in the Live tab: the vocoder is exported, the In force line says so, speech still comes; back to
+    torch the same way."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing but REQUIRE_BROWSER is set")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    before, engine.onnx_dir = engine.onnx_dir, str(tmp_path)  # this test's own export
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(app_url, wait_until="domcontentloaded")
+            expect(page.locator("#status")).to_contain_text("vocoder on torch", timeout=30_000)
+            page.locator("#runtime").get_by_text("onnxruntime", exact=True).click()
+            expect(page.locator("#status")).to_contain_text("vocoder on ONNX Runtime (vocoder: embedded-melgan-fp32 on CPU",
+                                                            timeout=120_000)
+            page.locator("#tts-text textarea").fill("今天天气很好。")
+            page.locator("#synthesize").click()
+            expect(page.locator("#speech audio[src]").first).to_have_attribute("src", re.compile(r"^(blob:|http).+"), timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "app-onnxruntime.png"), full_page=True)
+            page.locator("#runtime").get_by_text("torch", exact=True).click()
+            expect(page.locator("#status")).to_contain_text("vocoder on torch", timeout=60_000)
+            browser.close()
+    finally:
+        engine.set_runtime("torch")
+        engine.onnx_dir = before

@@ -161,7 +161,7 @@ def test_without_onnxruntime_torch_stays_with_the_install_hint(ort_engine, monke
 
 
 def test_a_failed_export_or_a_wrong_session_leaves_torch_with_a_note(engine, tmp_path, monkeypatch):
-    engine.onnx_dir = str(tmp_path)
+    before, engine.onnx_dir = engine.onnx_dir, str(tmp_path)  # an empty folder: the export must run
     try:
         def broken(*args, **kwargs):
             raise RuntimeError("exporter broke")
@@ -177,7 +177,7 @@ def test_a_failed_export_or_a_wrong_session_leaves_torch_with_a_note(engine, tmp
         assert any("differs from torch" in n for n in engine.notes) and engine._vocoder_ort is None
     finally:
         engine.set_runtime("torch")
-        engine.onnx_dir = None
+        engine.onnx_dir = before
 
 
 def test_switching_runtime_under_load_gives_every_caller_its_own_audio(ort_engine):

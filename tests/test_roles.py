@@ -158,16 +158,17 @@ def operator_client(url: str) -> httpx.Client:
     return client
 
 
-SETTINGS_CHANGE = [False, 2, 40, True, False]  # fp16, max batch, max wait ms, clear cache, CUDA graphs
-COMPARISON = [["off"], ["2"], ["off"], 1, 1, 1, ["off"], False, 30]  # one setting, one text, one client, no capacity search
+SETTINGS_CHANGE = [False, 2, 40, True, False, "torch"]  # fp16, max batch, max wait ms, clear cache, CUDA graphs, runtime
+RUNTIME_SWITCH = [False, 8, 15, False, False, "onnxruntime"]  # the vocoder runtime radio's event
+COMPARISON = [["off"], ["2"], ["off"], 1, 1, 1, ["off"], False, 30, ["torch"]]  # one setting, one text, one client, no capacity search
 TRACE = [1]  # record a trace of the next batch
 
 
 def test_visitor_settings_change_and_comparison_are_refused_on_the_server(shared_app):
     url, service = shared_app
     before, batches_before = service.settings, service.health()["batches_run"]
-    for api_name, data in (("apply_settings", SETTINGS_CHANGE), ("apply_settings_3", SETTINGS_CHANGE), ("compare", COMPARISON),
-                           ("record_trace", TRACE)):
+    for api_name, data in (("apply_settings", SETTINGS_CHANGE), ("apply_settings_3", RUNTIME_SWITCH),
+                           ("apply_settings_4", SETTINGS_CHANGE), ("compare", COMPARISON), ("record_trace", TRACE)):
         answer = event(url, api_name, data)
         assert answer["success"] is False and OPERATOR_ONLY in answer["output"]["error"], (api_name, answer)
         assert "/operator" in answer["output"]["error"]
@@ -196,7 +197,7 @@ def test_operator_changes_settings_and_runs_a_comparison(shared_app):
         table = answer["output"]["data"][0]
         row = dict(zip(table["headers"], table["data"][0]))
         assert row["status"].startswith("ok") and row["max_batch_size"] == 2 and row["requests"] == 1
-        restore = [before.fp16, before.max_batch_size, before.max_wait_ms, before.clear_cache, before.cuda_graphs]
+        restore = [before.fp16, before.max_batch_size, before.max_wait_ms, before.clear_cache, before.cuda_graphs, before.runtime]
         assert event(url + "operator/", "apply_settings", restore, client)["success"] is True
     finally:
         client.close()
@@ -294,6 +295,7 @@ def test_visitor_sees_disabled_controls_is_refused_when_forcing_one_and_still_sp
         expect(page.locator("#settings-note")).to_contain_text(OPERATOR_ONLY, timeout=30_000)
         for control in ("#clear-cache input", "#max-batch input[type=number]", "#max-wait input[type=number]"):
             expect(page.locator(control)).to_be_disabled()
+        expect(page.locator("#runtime input").first).to_be_disabled()
         page.get_by_role("tab", name="Compare").click()
         expect(page.locator("#run-compare")).to_be_disabled()
         page.get_by_role("tab", name="Live").click()
