@@ -26,6 +26,7 @@ import numpy as np
 from app.engines import self_check as checks
 from app.engines.self_check import Decoded, Verdict
 from app.errors import TTSInputError
+from app.settings import RUNTIMES
 
 log = logging.getLogger(__name__)
 NEUTRAL = "neutral"
@@ -266,8 +267,6 @@ class EngineBase:
         The first switch exports each part (seconds, once per weights and dtype; a progress line is logged). Without
         the packages, without a provider for the device, or when an export or its check fails, torch stays in force
         and a note says why: the app keeps answering either way."""
-        from app.engines.onnx_runtime import RUNTIMES
-
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime={runtime!r} is not one of {', '.join(RUNTIMES)}")
         self._drop_onnx()

@@ -1,4 +1,4 @@
-"""Reading checkpoints this project did not write: one restricted unpickler and one weight-norm folder.
+"""Reading checkpoints this project did not write: one restricted unpickler, one weight-norm folder, one file hash.
 
 Both engines read pickles from elsewhere: ttskit's whole-module `.pt` files (embedded engine) and Sambert folders'
 checkpoints (sambert engines), some of them plain pickles of numpy arrays. Nothing here ever runs code a pickle
@@ -7,12 +7,23 @@ every other class to an inert placeholder (to walk a pickled module's tensors) o
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
+from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 
 # Tensors and the containers torch.save writes around them.
 TORCH_TENSORS = frozenset({

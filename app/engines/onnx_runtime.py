@@ -29,7 +29,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-from app.settings import RUNTIMES  # noqa: F401  (re-exported: the engines check against it)
+from app.engines.checkpoints import sha256_of
 EXPORT_RECIPE = 1  # bump when the export changes (opset, dynamic axes, names): every older file is then stale
 OPSET = 18
 INPUT, OUTPUT = "mel", "wave"
@@ -69,14 +69,6 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _record(weights: str) -> dict:
     return {"weights_sha256": weights, "export_recipe": EXPORT_RECIPE, "opset": OPSET, "torch": torch.__version__}
 
@@ -93,7 +85,7 @@ def cached_file_problem(path: Path, weights: str) -> str | None:
     for key, value in _record(weights).items():
         if record.get(key) != value:
             return f"stale: exported for {key}={str(record.get(key))[:16]}, now {str(value)[:16]}"
-    if record.get("onnx_sha256") != file_sha256(path):
+    if record.get("onnx_sha256") != sha256_of(path):
         return "corrupt: the file's sha256 differs from the one recorded at export"
     return None
 
@@ -121,7 +113,7 @@ def export(module: torch.nn.Module, example: torch.Tensor, path: Path, weights: 
             program.save(str(tmp))
         path.with_suffix(".json").unlink(missing_ok=True)
         os.replace(tmp, path)
-        record = dict(_record(weights), onnx_sha256=file_sha256(path), exported_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        record = dict(_record(weights), onnx_sha256=sha256_of(path), exported_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         path.with_suffix(".json").write_text(json.dumps(record, indent=1))
     finally:
         tmp.unlink(missing_ok=True)

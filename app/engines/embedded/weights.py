@@ -6,7 +6,6 @@ becomes an inert placeholder), and only after the file's sha256 matches.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from app.engines.checkpoints import fold_weight_norm, read_module_tensors
+from app.engines.checkpoints import fold_weight_norm, read_module_tensors, sha256_of
 from app.errors import EngineUnavailableError
 
 TTSKIT_VERSION = "0.3.8"
@@ -56,15 +55,6 @@ def ttskit_model_dir() -> Path:
             f"the embedded voice's weights come from the PyPI package ttskit, which is not installed: run `{INSTALL_HINT}`"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "resource" / "model"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_pickled_module(path: Path) -> dict[str, torch.Tensor]:
