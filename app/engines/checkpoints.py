@@ -16,15 +16,6 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # Tensors and the containers torch.save writes around them.
 TORCH_TENSORS = frozenset({
     ("collections", "OrderedDict"), ("__builtin__", "set"), ("builtins", "set"),
@@ -146,3 +137,12 @@ def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
         else:
             out[key] = value
     return out
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -27,9 +27,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from app.engines.checkpoints import sha256_of
+
 log = logging.getLogger(__name__)
 
-from app.engines.checkpoints import sha256_of
 EXPORT_RECIPE = 1  # bump when the export changes (opset, dynamic axes, names): every older file is then stale
 OPSET = 18
 INPUT, OUTPUT = "mel", "wave"
