@@ -14,5 +14,7 @@ CACHE=${TTS_CACHE_DIR:-$HOME/.cache/zh-tts-demo}
 mkdir -p "$GPU_DIR/cache"
 TTS_CACHE_DIR="$CACHE" "$PY" -c "from app.engines.embedded.weights import load_weights; load_weights()"  # converts once
 rm -rf "$GPU_DIR/cache/embedded"
-cp -r "$CACHE/embedded" "$GPU_DIR/cache/"
+mkdir -p "$GPU_DIR/cache/embedded"
+# the converted weights only: not the ONNX exports beside them (onnx/, 17 MiB; the GPU box's ORT has no CUDA provider)
+find "$CACHE/embedded" -maxdepth 1 ! -type d -exec cp {} "$GPU_DIR/cache/embedded/" \;
 PYTHONPATH=. "$PY" -m profiling.bench.gpu_files export "$GPU_DIR"
