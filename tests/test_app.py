@@ -25,6 +25,14 @@ BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
 
 
+def need_chromium() -> None:
+    """Skip without Debian's Chromium, or fail where the browser tests must run (REQUIRE_BROWSER, set by .ci/run)."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing but REQUIRE_BROWSER is set")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,10 +141,7 @@ def test_concurrent_client_calls_all_succeed(app_url):
 @pytest.fixture(scope="module", params=[False, True], ids=["whole", "streamed"])
 def page_url(request, engine):
     """The app answering whole texts (no ffmpeg) and streaming sentence by sentence (needs ffmpeg)."""
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing but REQUIRE_BROWSER is set")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    need_chromium()
     if request.param and shutil.which("ffmpeg") is None:
         if os.environ.get("REQUIRE_BROWSER"):
             pytest.fail("ffmpeg is missing but REQUIRE_BROWSER is set: the streamed page cannot be tested")
@@ -199,10 +204,7 @@ def test_record_trace_in_headless_chromium(app_url):
     """Click "Record trace", speak meanwhile, and see the top-operators table and the trace's download link appear."""
     from playwright.sync_api import expect, sync_playwright
 
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing but REQUIRE_BROWSER is set")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    need_chromium()
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
@@ -270,10 +272,7 @@ def test_vocoder_runtime_switch_in_headless_chromium(app_url, engine, tmp_path):
     torch the same way."""
     from playwright.sync_api import expect, sync_playwright
 
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing but REQUIRE_BROWSER is set")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    need_chromium()
     before, engine.onnx_dir = engine.onnx_dir, str(tmp_path)  # this test's own export
     try:
         with sync_playwright() as p:

@@ -19,7 +19,7 @@ import pytest
 from app.service import TTSService
 from app.settings import BatchSettings, ServeSettings
 from app.web.roles import OPERATOR_ONLY, Access, caller_key, is_loopback, operator_only
-from tests.test_app import ARTIFACTS, BROWSER_FLAGS, CHROMIUM, free_port
+from tests.test_app import ARTIFACTS, BROWSER_FLAGS, CHROMIUM, free_port, need_chromium
 
 ADMIN = ("boss", "s3cret-pw")
 
@@ -279,10 +279,7 @@ def test_local_mode_anyone_may_tune_as_before(engine):
 # --- the pages in headless Chromium -------------------------------------------------------------------------------
 @pytest.mark.browser
 def test_visitor_sees_disabled_controls_is_refused_when_forcing_one_and_still_speaks_operator_logs_in(shared_app):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing but REQUIRE_BROWSER is set")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    need_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     url, service = shared_app
