@@ -86,12 +86,11 @@ class TTSService:
     def __init__(self, engine: EngineBase, batch: BatchSettings = BatchSettings(), serve: ServeSettings = ServeSettings()) -> None:
         self.engine = engine
         self.serve = serve
-        # CUDA graphs are captured by the worker when the service starts; until then the dynamic loop is in force.
-        self._requested_graphs = batch.cuda_graphs
-        self._requested_runtime: str | None = None  # the runtime last asked for (None: the worker puts it in force at start)
+        # CUDA graphs and the runtime asked for are put in force by the worker when the service starts; until then
+        # the dynamic loop and torch are.
+        self._asked_at_start = batch
         self._settings = dataclasses.replace(batch, fp16=batch.fp16 and engine.fp16_supported, cuda_graphs=engine.cuda_graphs,
                                              runtime=engine.runtime)
-        self._initial_runtime = batch.runtime
         self.errors = 0
         self._batcher = Batcher(
             self._run_batch,
@@ -112,8 +111,9 @@ class TTSService:
     def start(self, warmup: bool = True) -> "TTSService":
         """Start the worker; warm up every speaker and a few batch shapes so no user pays for it."""
         self._batcher.start()
-        wanted = dataclasses.replace(self._settings, cuda_graphs=self._requested_graphs, runtime=self._initial_runtime)
-        self._batcher.between_batches(lambda: self._apply(wanted, capture=True)).result()  # captured by the worker
+        asked = self._asked_at_start
+        wanted = dataclasses.replace(self._settings, cuda_graphs=asked.cuda_graphs, runtime=asked.runtime)
+        self._batcher.between_batches(lambda: self._apply(wanted)).result()  # captured (and exported) by the worker
         if warmup:
             self.warmup()
         return self
@@ -159,27 +159,26 @@ class TTSService:
         wanted = dataclasses.replace(self._settings, **changes)  # validates
         return self._batcher.between_batches(lambda: self._apply(wanted))
 
-    def _apply(self, wanted: BatchSettings, capture: bool = False) -> BatchSettings:
+    def _apply(self, wanted: BatchSettings) -> BatchSettings:
         """On the worker thread: put wanted in force as far as the engine can; return what is in force.
 
-        Graphs are captured when newly asked for (or capture=True, at start): a capture that failed is not retried
-        by every unrelated change, only by asking again. The runtime likewise: a failed switch to ONNX Runtime (an
-        export that failed, a missing package) is tried again only when asked again.
+        A switch the engine cannot honour (a capture that failed, or failed its self-check; ONNX Runtime unavailable)
+        leaves the fallback in force, with a note, and the settings say so: a later change built from them (the
+        service's update_settings, the page, whose switches show what is in force) does not retry it; asking for it
+        again does.
         """
         engine = self.engine
-        runtime_changed = wanted.runtime != self._requested_runtime
-        self._requested_runtime = wanted.runtime
-        if runtime_changed and wanted.runtime == "torch":
+        # Asked now, not in force: tried once below (a precision change re-makes what is in force itself, once).
+        capture, switch = wanted.cuda_graphs and not engine.cuda_graphs, wanted.runtime != engine.runtime
+        if wanted.runtime == "torch" and engine.runtime != "torch":
             engine.set_runtime("torch")  # before a precision change: nothing is exported for a dtype about to go
-        capture = wanted.cuda_graphs and (capture or not self._requested_graphs)
-        self._requested_graphs = wanted.cuda_graphs
         if engine.cuda_graphs and not wanted.cuda_graphs:  # off first: a precision change then recaptures nothing
             engine.set_cuda_graphs(False)
         if wanted.fp16 != engine.fp16 or (wanted.fp16 and not engine.fp16_supported):
-            engine.set_precision(wanted.fp16)  # recaptures graphs in force for the new dtype
-        if capture and not engine.cuda_graphs:
+            engine.set_precision(wanted.fp16)  # recaptures graphs in force for the new dtype (and re-exports ORT parts)
+        if capture:
             engine.set_cuda_graphs(True)  # a failed capture leaves the dynamic loop in force, with a note
-        if runtime_changed and wanted.runtime != engine.runtime:
+        if switch and wanted.runtime != engine.runtime:
             engine.set_runtime(wanted.runtime)  # exports once per weights and dtype; a failure leaves torch, with a note
         self._batcher.max_batch_size = self._effective_batch(wanted.max_batch_size)
         self._batcher.max_wait_ms = wanted.max_wait_ms

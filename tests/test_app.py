@@ -268,12 +268,15 @@ def test_say_refuses_bad_controls_with_exit_2_and_the_message(args, message, tmp
 
 
 def test_vocoder_runtime_switch_in_headless_chromium(app_url, engine, tmp_path):
-    """Pick onnxruntime in the Live tab: the vocoder is exported, the In force line says so, speech still comes; back to
-    torch the same way."""
+    """Pick onnxruntime in the Live tab where the export cannot be written: the radio goes back to torch and the page
+    says why. Pick it again once it can: the vocoder is exported, the In force line says so, speech still comes; back
+    to torch the same way."""
     from playwright.sync_api import expect, sync_playwright
 
     need_chromium()
-    before, engine.onnx_dir = engine.onnx_dir, str(tmp_path)  # this test's own export
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    before, engine.onnx_dir = engine.onnx_dir, str(blocker / "onnx")  # the export cannot be written here
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
@@ -281,6 +284,10 @@ def test_vocoder_runtime_switch_in_headless_chromium(app_url, engine, tmp_path):
             page.goto(app_url, wait_until="domcontentloaded")
             expect(page.locator("#status")).to_contain_text("vocoder on torch", timeout=30_000)
             page.locator("#runtime").get_by_text("onnxruntime", exact=True).click()
+            expect(page.locator("#status")).to_contain_text("ONNX Runtime not in force", timeout=60_000)
+            expect(page.locator("#runtime").get_by_label("torch", exact=True)).to_be_checked()  # shows what runs
+            engine.onnx_dir = str(tmp_path / "onnx")  # this test's own export
+            page.locator("#runtime").get_by_text("onnxruntime", exact=True).click()  # asked again: tried again
             expect(page.locator("#status")).to_contain_text("vocoder on ONNX Runtime (vocoder: embedded-melgan-fp32 on CPU",
                                                             timeout=120_000)
             page.locator("#tts-text textarea").fill("今天天气很好。")

@@ -180,6 +180,30 @@ def test_a_failed_export_or_a_wrong_session_leaves_torch_with_a_note(engine, tmp
         engine.onnx_dir = before
 
 
+def test_a_failed_switch_is_retried_when_asked_again_not_by_unrelated_changes(ort_engine, tmp_path, monkeypatch):
+    ort_engine.set_runtime("torch")
+    before, ort_engine.onnx_dir = ort_engine.onnx_dir, str(tmp_path)  # nothing exported there yet
+    tries = []
+
+    def broken(*args, **kwargs):
+        tries.append(1)
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(onnx_runtime, "export", broken)
+    svc = TTSService(ort_engine, BatchSettings(max_batch_size=2, runtime="onnxruntime")).start(warmup=False)
+    try:
+        assert svc.settings.runtime == "torch" and len(tries) == 1  # asked at start: tried once, torch in force
+        assert svc.apply_settings(max_wait_ms=5).runtime == "torch" and len(tries) == 1  # unrelated: no retry
+        assert svc.apply_settings(runtime="onnxruntime").runtime == "torch" and len(tries) == 2  # asked again: retried
+        monkeypatch.undo()
+        assert svc.apply_settings(runtime="onnxruntime").runtime == "onnxruntime"  # and it works once the cause is gone
+        assert svc.submit("你好。", "biaobei").audio.size > 0
+    finally:
+        svc.close()
+        ort_engine.set_runtime("torch")
+        ort_engine.onnx_dir = before
+
+
 def test_switching_runtime_under_load_gives_every_caller_its_own_audio(ort_engine):
     ort_engine.set_runtime("torch")
     svc = TTSService(ort_engine, BatchSettings(max_batch_size=4, max_wait_ms=20), ServeSettings()).start(warmup=False)

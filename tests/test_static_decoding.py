@@ -105,7 +105,10 @@ def test_embedded_graphs_build_under_simulated_capture_and_equal_dynamic(engine,
 
 
 def test_capture_failure_falls_back_to_the_dynamic_loop_with_a_note(engine, eager_capture, monkeypatch):
+    tries = []
+
     def out_of_memory(step, pool):
+        tries.append(1)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated at capture)")
 
     monkeypatch.setattr(cuda_graphs, "capture", out_of_memory)
@@ -116,7 +119,9 @@ def test_capture_failure_falls_back_to_the_dynamic_loop_with_a_note(engine, eage
         assert health["cuda_graphs"] is False and "CUDA graph capture failed (OutOfMemoryError" in health["note"]
         result = svc.submit("我们一起去公园散步吧。", "Aijia")  # the app keeps answering, on the dynamic loop
         assert result.audio.size > 0 and np.isfinite(result.audio).all()
-        assert svc.apply_settings(max_wait_ms=5).cuda_graphs is False  # an unrelated change does not retry capture
+        tried = len(tries)
+        assert svc.apply_settings(max_wait_ms=5).cuda_graphs is False and len(tries) == tried  # an unrelated change does not retry
+        assert svc.apply_settings(cuda_graphs=True).cuda_graphs is False and len(tries) > tried  # asking again does
     finally:
         svc.close()
         engine.set_cuda_graphs(False)

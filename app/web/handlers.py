@@ -145,16 +145,17 @@ class Handlers:
 
     @operator_only
     def apply_settings(self, fp16: bool, max_batch_size: float, max_wait_ms: float, clear_cache: bool, cuda_graphs: bool = True,
-                       runtime: str | None = None) -> str:
-        """Queue a settings change; it takes effect between batches. Returns the status line once in force (a first
-        switch to ONNX Runtime exports the vocoder: seconds)."""
+                       runtime: str | None = None) -> tuple[str, bool, bool, str]:
+        """Queue a settings change; it takes effect between batches (a first switch to ONNX Runtime exports the vocoder:
+        seconds). Returns the status line and what is in force for the switches the engine may not honour (FP16, CUDA
+        graphs, runtime), so a switch that fell back shows what runs; the status line's note says why."""
         try:
-            self.service.apply_settings(fp16=bool(fp16), max_batch_size=int(max_batch_size), max_wait_ms=float(max_wait_ms),
-                                        clear_cache=bool(clear_cache), cuda_graphs=bool(cuda_graphs),
-                                        runtime=runtime or self.service.settings.runtime)
+            applied = self.service.apply_settings(fp16=bool(fp16), max_batch_size=int(max_batch_size),
+                                                  max_wait_ms=float(max_wait_ms), clear_cache=bool(clear_cache),
+                                                  cuda_graphs=bool(cuda_graphs), runtime=runtime or self.service.settings.runtime)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        return self.status()
+        return self.status(), applied.fp16, applied.cuda_graphs, applied.runtime
 
     @operator_only
     def compare(self, fp16: list[str], batch: list[str], clear: list[str], concurrency: float, repeats: float, n_texts: float,

@@ -111,10 +111,11 @@ def _live_tab(h: Handlers, status: gr.Markdown, tunes: bool = True, note: str | 
                            interactive=bool(engine.onnx_parts) and tunes, elem_id="runtime")
     controls = [fp16, batch, wait, clear, graphs, runtime]
     wiring = dict(concurrency_id="settings", concurrency_limit=1, api_visibility="private")
+    in_force = [status, fp16, graphs, runtime]  # a switch that fell back shows what runs (the status says why)
     for control in (fp16, clear, graphs, runtime):
-        control.input(h.apply_settings, controls, status, **wiring)
+        control.input(h.apply_settings, controls, in_force, **wiring)
     for control in (batch, wait):
-        control.release(h.apply_settings, controls, status, **wiring)
+        control.release(h.apply_settings, controls, in_force, **wiring)
     return plots
 
 
