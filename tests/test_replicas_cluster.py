@@ -137,8 +137,8 @@ def test_bad_input_is_refused_at_the_front(cluster):
 def test_settings_change_reaches_both_replicas(cluster):
     from app.web.handlers import Handlers
 
-    status = Handlers(cluster.client, cluster.monitor).apply_settings(False, 4, 10, False)
-    assert "max batch 4" in status
+    status, fp16, graphs, runtime = Handlers(cluster.client, cluster.monitor).apply_settings(False, 4, 10, False)
+    assert "max batch 4" in status and (fp16, graphs, runtime) == (False, False, "torch")  # what the replicas have in force
     version = cluster.client.settings_version
     cluster.client.refresh()
     views = cluster.client.views()
