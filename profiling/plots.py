@@ -130,15 +130,10 @@ def comparison_figures(results_df: pd.DataFrame) -> dict[str, go.Figure]:
     latency.update_layout(barmode="group")
 
     throughput = _figure("Throughput (audio s per wall s)", "audio s / s", height_px=COMPARISON_HEIGHT_PX)
-    values = _values(results_df, "throughput_audio_s_per_s")
-    if values is not None:
-        rtf = _column(results_df, "rtf")
-        throughput.add_trace(go.Bar(
-            x=labels, y=values, name="throughput", marker_color=COLORS["throughput_audio_s_per_s"],
-            # Real-time factor on the bar: the number people quote for TTS speed.
-            text=[_rtf_text(value) for value in rtf], textposition="auto",
-            hovertemplate="%{x}<br>%{y:.2f} audio s per s<extra></extra>",
-        ))
+    _add_bar(throughput, labels, results_df, "throughput_audio_s_per_s", "throughput",
+             # Real-time factor on the bar: the number people quote for TTS speed.
+             text=[_rtf_text(value) for value in _column(results_df, "rtf")],
+             hover="%{x}<br>%{y:.2f} audio s per s<extra></extra>")
 
     memory = _figure("Peak memory (MiB)", "MiB", height_px=COMPARISON_HEIGHT_PX)
     for column, name in (("peak_torch_allocated_mib", "torch allocated"),
@@ -156,14 +151,9 @@ def comparison_figures(results_df: pd.DataFrame) -> dict[str, go.Figure]:
     stages.update_layout(barmode="stack")
 
     capacity = _figure("Capacity: most clients within the p95 target", "clients", height_px=COMPARISON_HEIGHT_PX)
-    values = _values(results_df, "capacity_concurrency")
-    if values is not None:
-        throughput_there = _column(results_df, "capacity_throughput_audio_s_per_s")
-        capacity.add_trace(go.Bar(
-            x=labels, y=values, name="clients", marker_color=COLORS["capacity_concurrency"],
-            text=["" if math.isnan(t) else f"{t:.1f} audio s/s" for t in throughput_there], textposition="auto",
-            hovertemplate="%{x}<br>%{y} clients within the target<extra></extra>",
-        ))
+    _add_bar(capacity, labels, results_df, "capacity_concurrency", "clients",
+             text=["" if math.isnan(t) else f"{t:.1f} audio s/s" for t in _column(results_df, "capacity_throughput_audio_s_per_s")],
+             hover="%{x}<br>%{y} clients within the target<extra></extra>")
 
     return {name: fig if fig.data else _no_data(fig)
             for name, fig in (("latency", latency), ("throughput", throughput), ("memory", memory), ("stages", stages),
@@ -258,11 +248,14 @@ def _line(
                       hovertemplate=f"{name}: %{{y:.1f}}<extra></extra>")
 
 
-def _add_bar(fig: go.Figure, labels: list[str], df: pd.DataFrame, column: str, name: str) -> None:
+def _add_bar(fig: go.Figure, labels: list[str], df: pd.DataFrame, column: str, name: str,
+             text: list[str] | None = None, hover: str | None = None) -> None:
+    """One bar per setting from df[column] (nothing when the column has no value); text is written on the bars."""
     values = _values(df, column)
     if values is not None:
-        fig.add_trace(go.Bar(x=labels, y=values, name=name, marker_color=COLORS[column],
-                             hovertemplate=f"%{{x}}<br>{name}: %{{y:.3g}}<extra></extra>"))
+        fig.add_trace(go.Bar(x=labels, y=values, name=name, marker_color=COLORS[column], text=text,
+                             textposition="auto" if text is not None else None,
+                             hovertemplate=hover or f"%{{x}}<br>{name}: %{{y:.3g}}<extra></extra>"))
 
 
 def _column(df: pd.DataFrame | None, column: str) -> pd.Series:

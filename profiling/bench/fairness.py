@@ -115,15 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from app.engines.embedded.engine import EmbeddedEngine
-    from app.engines.embedded.frontend import precomputed_frontend
-    from app.service import TTSService
-    from app.settings import BatchSettings, ServeSettings
+    from profiling.bench.service import start_embedded_service
 
-    engine = EmbeddedEngine(frontend=precomputed_frontend(args.symbols) if args.symbols else None)
-    engine.load(args.device, fp16=False)
-    service = TTSService(engine, BatchSettings(fp16=False, max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                               cuda_graphs=False), ServeSettings(queue_size=4096)).start(warmup=True)
+    engine, service = start_embedded_service(args.device, args.symbols, args.max_batch, args.max_wait_ms)
     speaker = args.speaker or engine.default_speaker
     texts = load_workload(args.texts)
     rows = []

@@ -18,6 +18,20 @@ from profiling.loadgen import WORKLOAD_FILE, load_workload, run_load, service_ca
 PARAGRAPH = "这是一段用来测试流式合成的长文本。它有好几句话，每一句都不太长。第一句先出来，后面的句子再慢慢跟上。这样用户可以更早听到声音。"
 
 
+def start_embedded_service(device: str, symbols: str | None, max_batch_size: int = 8, max_wait_ms: float = 15.0):
+    """The benchmarks' resident service: the embedded engine in FP32 (phkit, or precomputed symbol ids), graphs off,
+    a queue deep enough for any load they send, warmed up. Returns (engine, service)."""
+    from app.engines.embedded.engine import EmbeddedEngine
+    from app.engines.embedded.frontend import precomputed_frontend
+    from app.service import TTSService
+    from app.settings import BatchSettings, ServeSettings
+
+    engine = EmbeddedEngine(frontend=precomputed_frontend(symbols) if symbols else None)
+    engine.load(device, fp16=False)
+    settings = BatchSettings(fp16=False, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, cuda_graphs=False)
+    return engine, TTSService(engine, settings, ServeSettings(queue_size=4096)).start(warmup=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -34,16 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from app.engines.embedded.engine import EmbeddedEngine
-    from app.engines.embedded.frontend import precomputed_frontend
-    from app.service import TTSService
-    from app.settings import BatchSettings, ServeSettings
     from profiling.monitor import Monitor
 
-    engine = EmbeddedEngine(frontend=precomputed_frontend(args.symbols) if args.symbols else None)
-    engine.load(args.device, fp16=False)
-    service = TTSService(engine, BatchSettings(fp16=False, max_wait_ms=args.max_wait_ms, cuda_graphs=False),
-                         ServeSettings(queue_size=4096)).start(warmup=True)
+    engine, service = start_embedded_service(args.device, args.symbols, max_wait_ms=args.max_wait_ms)
     monitor = Monitor(interval_s=0.1).start()
     texts = load_workload(args.texts)
     rows, ttfa = [], []
